@@ -1,0 +1,1 @@
+"""Accounting: the UsageEvent every sink consumes, token estimates and pricing."""
