@@ -123,7 +123,9 @@ class UpstreamFailed(GatewayError):
 
     @classmethod
     def from_upstream(cls, err: UpstreamError) -> UpstreamFailed:
-        status, type_, code = _UPSTREAM_TO_CLIENT.get(err.error_type, (502, "api_error", "upstream_error"))
+        status, type_, code = _UPSTREAM_TO_CLIENT.get(
+            err.error_type, (502, "api_error", "upstream_error")
+        )
         headers = {}
         if err.retry_after is not None:
             headers["retry-after"] = str(max(0, round(err.retry_after)))

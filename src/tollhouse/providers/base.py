@@ -117,7 +117,9 @@ class Adapter(Protocol):
 
     provider: str
 
-    def chat_request(self, body: dict[str, Any], target: Target, *, stream: bool) -> UpstreamRequest:
+    def chat_request(
+        self, body: dict[str, Any], target: Target, *, stream: bool
+    ) -> UpstreamRequest:
         """Translate an OpenAI chat-completions body. For streams, ask for usage if possible."""
         ...
 

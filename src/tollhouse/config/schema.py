@@ -1,0 +1,124 @@
+"""The config schema. Every model forbids unknown fields: a typo is an error, not a no-op.
+
+``docs/configuration.md`` documents each field; ``tests/test_config_docs.py``
+fails when a field exists here and not there (or the other way round).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ProviderName = Literal["openai", "azure", "anthropic", "mock"]
+
+# genai-prices provider ids used when a backend does not name one.
+DEFAULT_PRICE_PROVIDER: dict[str, str | None] = {
+    "openai": "openai",
+    "azure": "azure",
+    "anthropic": "anthropic",
+    "mock": None,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Prices(_Strict):
+    """USD per one million tokens. Any field left out falls back as documented."""
+
+    input: Decimal = Field(ge=0)
+    output: Decimal = Field(ge=0)
+    cached_input: Decimal | None = Field(default=None, ge=0)
+    cache_write_input: Decimal | None = Field(default=None, ge=0)
+
+
+class Timeouts(_Strict):
+    """Seconds. ``read`` bounds a whole non-streamed answer and the wait for a stream's
+    first byte; ``stream_idle`` bounds the silence between two stream chunks."""
+
+    connect: float = Field(default=10.0, gt=0)
+    read: float = Field(default=600.0, gt=0)
+    stream_idle: float = Field(default=120.0, gt=0)
+
+
+class BackendConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    provider: ProviderName
+    base_url: str | None = None
+    api_key_env: str | None = None
+    api_version: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_connections: int = Field(default=1000, ge=1)
+    stream_usage: bool = True
+    default_max_tokens: int = Field(default=4096, ge=1)
+    prices: Prices | None = None
+    price_provider: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> BackendConfig:
+        if self.provider != "mock" and not self.base_url:
+            raise ValueError(f"base_url is required for provider {self.provider!r}")
+        if self.provider == "azure" and not self.api_version:
+            raise ValueError("api_version is required for provider 'azure'")
+        return self
+
+    def genai_price_provider(self) -> str | None:
+        """The genai-prices provider id to look prices up under."""
+        if self.price_provider is not None:
+            return self.price_provider
+        return DEFAULT_PRICE_PROVIDER[self.provider]
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1)
+    backend: str
+    model: str = Field(min_length=1, description="the upstream model id (Azure: the deployment)")
+    prices: Prices | None = None
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4000, ge=0, le=65535)
+    metrics_path: str = "/metrics"
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    access_log: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("metrics_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or value in ("/v1", "/health"):
+            raise ValueError("must be an absolute path that no other route uses")
+        return value
+
+
+class Config(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backends: list[BackendConfig] = Field(min_length=1)
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        names = [b.name for b in self.backends]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"backend names must be unique; repeated: {', '.join(dupes)}")
+        models = [m.name for m in self.models]
+        dupes = sorted({n for n in models if models.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        known = set(names)
+        for i, model in enumerate(self.models):
+            if model.backend not in known:
+                raise ValueError(
+                    f"models[{i}] ({model.name!r}): backend {model.backend!r} is not defined "
+                    f"(defined: {', '.join(names)})"
+                )
+        return self
+
+    def backend(self, name: str) -> BackendConfig:
+        return next(b for b in self.backends if b.name == name)

@@ -1,0 +1,1 @@
+"""Metrics: the catalog of every metric, the recorder (UsageEvent → metrics), exposition."""

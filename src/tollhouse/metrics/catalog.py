@@ -1,0 +1,142 @@
+"""The catalog: every metric tollhouse exports, defined once.
+
+Name, type, labels, buckets and help live here and nowhere else.
+``docs/metrics.md`` is generated from this module (``python -m
+tollhouse.metrics.docs``) and a test fails when the two differ; dashboards and
+rules may only name metrics listed here.
+
+Conventions: base units (seconds, USD), counters end in ``_total``; ``llm_`` is
+traffic, ``tollhouse_`` is the gateway's own internals. Label values are
+bounded: models, backends and providers come from the config, ``key`` is an
+alias (never a raw key), ``error_type`` is the closed taxonomy in
+``tollhouse.errors``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+# OpenTelemetry GenAI advice for gen_ai.client.operation.duration, extended to minutes
+# because long generations and reasoning models routinely take that long.
+DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12,
+    10.24, 20.48, 40.96, 81.92, 163.84, 327.68,
+)  # fmt: skip
+# OTel GenAI advice for time to first chunk, plus a 30 s tail for slow queues.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
+    0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0,
+)  # fmt: skip
+# OTel GenAI advice for time per output token.
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# The gateway's own overhead: tens of microseconds to tens of milliseconds.
+OVERHEAD_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
+TRAFFIC = ("model", "backend", "provider")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+
+REQUESTS = MetricSpec(
+    "llm_requests_total", "counter",
+    "Client requests, one per request whatever its fate (rejections included).",
+    (*TRAFFIC, "key", "outcome", "status_class"),
+)  # fmt: skip
+REQUEST_DURATION = MetricSpec(
+    "llm_request_duration_seconds", "histogram",
+    "Whole request duration as the gateway saw it, from first byte in to last byte out.",
+    (*TRAFFIC, "outcome", "stream"), DURATION_BUCKETS,
+)  # fmt: skip
+UPSTREAM_DURATION = MetricSpec(
+    "llm_upstream_duration_seconds", "histogram",
+    "Time spent waiting on the upstream provider for a request.",
+    TRAFFIC, DURATION_BUCKETS,
+)  # fmt: skip
+OVERHEAD = MetricSpec(
+    "llm_gateway_overhead_seconds", "histogram",
+    "The gateway's own time per request: request duration minus time waiting on the upstream.",
+    ("stream",), OVERHEAD_BUCKETS,
+)  # fmt: skip
+TTFT = MetricSpec(
+    "llm_time_to_first_token_seconds", "histogram",
+    "Streaming requests: time from request start to the first chunk carrying generated content.",
+    TRAFFIC, TTFT_BUCKETS,
+)  # fmt: skip
+TPOT = MetricSpec(
+    "llm_time_per_output_token_seconds", "histogram",
+    "Streaming requests: time per generated token after the first one.",
+    TRAFFIC, TPOT_BUCKETS,
+)  # fmt: skip
+TOKENS = MetricSpec(
+    "llm_tokens_total", "counter",
+    "Tokens by type (input, output, cached_input, cache_write_input, reasoning) and source "
+    "(reported by the provider, or estimated by the gateway when none was reported). "
+    "cached_input and cache_write_input are parts of input; reasoning is part of output.",
+    (*TRAFFIC, "key", "type", "source"),
+)  # fmt: skip
+COST = MetricSpec(
+    "llm_cost_usd_total", "counter",
+    "Cost in US dollars, computed exactly (Decimal) per request from the model's price.",
+    (*TRAFFIC, "key"),
+)  # fmt: skip
+UNPRICED = MetricSpec(
+    "llm_unpriced_requests_total", "counter",
+    "Requests whose model has no known price: their cost is NOT in llm_cost_usd_total.",
+    TRAFFIC,
+)  # fmt: skip
+ERRORS = MetricSpec(
+    "llm_errors_total", "counter",
+    "Failed requests by error type (closed taxonomy), including rejected bad input.",
+    (*TRAFFIC, "error_type"),
+)  # fmt: skip
+IN_FLIGHT = MetricSpec(
+    "llm_requests_in_flight", "gauge",
+    "Requests currently being served, by public model.",
+    ("model",),
+)  # fmt: skip
+RATELIMIT_REQUESTS = MetricSpec(
+    "llm_upstream_ratelimit_remaining_requests", "gauge",
+    "Requests the upstream said remain in its current window (x-ratelimit-remaining-requests).",
+    ("backend", "upstream_model"),
+)  # fmt: skip
+RATELIMIT_TOKENS = MetricSpec(
+    "llm_upstream_ratelimit_remaining_tokens", "gauge",
+    "Tokens the upstream said remain in its current window (x-ratelimit-remaining-tokens).",
+    ("backend", "upstream_model"),
+)  # fmt: skip
+BUILD_INFO = MetricSpec(
+    "tollhouse_build_info", "gauge",
+    "Always 1; the labels say which tollhouse and Python are running.",
+    ("version", "python"),
+)  # fmt: skip
+SINK_ERRORS = MetricSpec(
+    "tollhouse_sink_errors_total", "counter",
+    "Usage events a sink (metrics, log, ledger) failed to take; should stay at zero.",
+    ("sink",),
+)  # fmt: skip
+
+CATALOG: tuple[MetricSpec, ...] = (
+    REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, OVERHEAD, TTFT, TPOT, TOKENS, COST,
+    UNPRICED, ERRORS, IN_FLIGHT, RATELIMIT_REQUESTS, RATELIMIT_TOKENS, BUILD_INFO, SINK_ERRORS,
+)  # fmt: skip
+
+
+def exported_names(spec: MetricSpec) -> tuple[str, ...]:
+    """Every series name a spec produces in the text exposition."""
+    if spec.kind == "histogram":
+        return (f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count")
+    if spec.kind == "counter":
+        return (spec.name,)
+    return (spec.name,)

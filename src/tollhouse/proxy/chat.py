@@ -1,0 +1,183 @@
+"""``POST /v1/chat/completions``: whole answers and SSE streams.
+
+Streams are relayed chunk by chunk as they arrive. Response headers wait for
+the first relayable chunk, so an upstream that fails before producing anything
+still gets a proper HTTP error status. A client that goes away cancels the
+upstream call; the request is then recorded as ``cancelled`` with the tokens
+known so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from tollhouse.accounting.event import TokenSource
+from tollhouse.accounting.tokens import estimate_prompt_tokens
+from tollhouse.accounting.usage import Usage
+from tollhouse.errors import ErrorType, UpstreamError, UpstreamFailed
+from tollhouse.providers.base import StreamTranslator, UpstreamResponse
+from tollhouse.proxy import validate
+from tollhouse.proxy.asgi import Scope, parse_json, read_body
+from tollhouse.proxy.context import RequestContext, perf
+from tollhouse.proxy.exchange import call_upstream, reply_json, response_headers
+from tollhouse.proxy.gateway import Gateway
+from tollhouse.proxy.responses import stream_error_event
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+
+
+async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, send: Any) -> None:
+    body = parse_json(await read_body(scope, receive, gw.config.server.max_body_bytes))
+    params = validate.chat(body)
+    dep = gw.router.resolve(params.model)
+    ctx.deployment, ctx.stream = dep, params.stream
+    request = dep.adapter.chat_request(body, dep.target, stream=params.stream)
+    request.headers["x-request-id"] = ctx.request_id
+    if not params.stream:
+        payload = await call_upstream(ctx, request)
+        parsed = dep.adapter.parse_chat(payload, dep.target)
+        if parsed.usage is None:
+            ctx.usage = Usage(input=estimate_prompt_tokens(params.messages))
+            ctx.token_source = TokenSource.ESTIMATED
+        else:
+            ctx.usage = parsed.usage
+        await reply_json(ctx, send, 200, parsed.body)
+        return
+    await _stream(ctx, request, params, receive, send)
+
+
+async def _stream(
+    ctx: RequestContext, request: Any, params: validate.ChatParams, receive: Any, send: Any
+) -> None:
+    dep = ctx.deployment
+    assert dep is not None
+    started = perf()
+    resp = await dep.transport.send(request)
+    ctx.waited += perf() - started
+    ctx.ratelimit = dep.adapter.rate_limits(resp.headers)
+    if resp.status >= 400:
+        try:
+            payload = await resp.read()
+        finally:
+            await resp.aclose()
+        ctx.upstream_duration = perf() - started
+        raise dep.adapter.classify(resp.status, payload, resp.headers)
+    translator = dep.adapter.chat_stream(dep.target, client_wants_usage=params.wants_usage)
+    relay = _Relay(ctx, translator, send)
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_client_gone(_: object) -> None:
+        task.cancel()
+
+    watcher = asyncio.create_task(_client_gone(receive))
+    watcher.add_done_callback(on_client_gone)
+    complete = False
+    try:
+        await relay.run(resp)
+        complete = True
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():
+            raise  # the server is shutting down, not the client leaving
+        task.uncancel()
+        ctx.cancel(200 if relay.started else 499)
+    except UpstreamError as err:
+        if not relay.started:
+            raise
+        ctx.fail(UpstreamFailed.from_upstream(err))
+        ctx.status = 200  # the headers already said 200; the error went in-stream
+        await relay.send_quietly(stream_error_event(UpstreamFailed.from_upstream(err)))
+    finally:
+        watcher.remove_done_callback(on_client_gone)
+        watcher.cancel()
+        ctx.upstream_duration = perf() - started
+        await resp.aclose()
+        _settle_usage(ctx, translator, params, complete)
+    await relay.end()
+
+
+async def _client_gone(receive: Any) -> None:
+    """Return when the client disconnects (the body was already read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _settle_usage(
+    ctx: RequestContext, t: StreamTranslator, params: validate.ChatParams, complete: bool
+) -> None:
+    """Reported usage for complete streams; otherwise the best estimate, labelled as such.
+
+    Once the upstream accepted the stream it has processed the prompt, so a
+    stream that breaks or is cancelled is charged its prompt and the chunks seen.
+    """
+    if complete and t.usage is not None:
+        ctx.usage = t.usage
+        return
+    known = t.usage
+    ctx.usage = Usage(
+        input=known.input if known else estimate_prompt_tokens(params.messages),
+        output=max(t.content_chunks, known.output if known else 0),
+        cached_input=known.cached_input if known else 0,
+        cache_write_input=known.cache_write_input if known else 0,
+    )
+    ctx.token_source = TokenSource.ESTIMATED
+
+
+class _Relay:
+    """Moves translated chunks to the client, noting the first token and time spent waiting."""
+
+    def __init__(self, ctx: RequestContext, translator: StreamTranslator, send: Any) -> None:
+        self.ctx = ctx
+        self.t = translator
+        self.send = send
+        self.started = False
+        self.closed = False
+
+    async def run(self, resp: UpstreamResponse) -> None:
+        ctx, t = self.ctx, self.t
+        lines = resp.iter_lines()
+        while True:
+            before = perf()
+            try:
+                line = await anext(lines)
+            except StopAsyncIteration:
+                break
+            finally:
+                ctx.waited += perf() - before
+            out = t.feed(line)
+            if t.error is not None:
+                raise t.error
+            if out:
+                if ctx.ttft is None and t.content_chunks:
+                    ctx.ttft = perf() - ctx.t0
+                await self._write(b"".join(out))
+            if t.done:
+                break
+        if not t.done and t.usage is None:
+            raise UpstreamError(ErrorType.NETWORK, "upstream stream ended before it was complete")
+        await self._write(b"".join(t.finish()))
+
+    async def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self.started:
+            self.started = True
+            headers = [*SSE_HEADERS, *response_headers(self.ctx)]
+            await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        before = perf()
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        self.ctx.waited += perf() - before
+
+    async def send_quietly(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):  # the client may be gone too; the event still counts
+            await self._write(data)
+
+    async def end(self) -> None:
+        if self.started and not self.closed:
+            self.closed = True
+            with contextlib.suppress(OSError):  # the client may already be gone
+                await self.send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,0 +1,31 @@
+"""``POST /v1/embeddings``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollhouse.accounting.event import TokenSource
+from tollhouse.accounting.tokens import estimate_input_tokens
+from tollhouse.accounting.usage import Usage
+from tollhouse.proxy import validate
+from tollhouse.proxy.asgi import Scope, parse_json, read_body
+from tollhouse.proxy.context import RequestContext
+from tollhouse.proxy.exchange import call_upstream, reply_json
+from tollhouse.proxy.gateway import Gateway
+
+
+async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, send: Any) -> None:
+    body = parse_json(await read_body(scope, receive, gw.config.server.max_body_bytes))
+    model, value = validate.embeddings(body)
+    dep = gw.router.resolve(model)
+    ctx.deployment = dep
+    request = dep.adapter.embeddings_request(body, dep.target)
+    request.headers["x-request-id"] = ctx.request_id
+    payload = await call_upstream(ctx, request)
+    parsed = dep.adapter.parse_embeddings(payload, dep.target)
+    if parsed.usage is None:
+        ctx.usage = Usage(input=estimate_input_tokens(value))
+        ctx.token_source = TokenSource.ESTIMATED
+    else:
+        ctx.usage = parsed.usage
+    await reply_json(ctx, send, 200, parsed.body)

@@ -1,0 +1,44 @@
+"""Pieces shared by the non-streaming routes: one upstream round trip, one JSON reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tollhouse.providers.base import UpstreamRequest
+from tollhouse.proxy.asgi import Headers, send_bytes
+from tollhouse.proxy.context import RequestContext, perf
+
+OVERHEAD_HEADER = b"x-tollhouse-overhead-ms"
+
+
+def response_headers(ctx: RequestContext) -> Headers:
+    """``x-request-id`` and the gateway's own time so far, on every response."""
+    return [
+        (b"x-request-id", ctx.request_id.encode()),
+        (OVERHEAD_HEADER, f"{ctx.overhead_so_far() * 1000:.3f}".encode()),
+    ]
+
+
+async def call_upstream(ctx: RequestContext, request: UpstreamRequest) -> bytes:
+    """Send, read the whole body, classify failures; time spent counts as waiting."""
+    dep = ctx.deployment
+    assert dep is not None
+    started = perf()
+    try:
+        resp = await dep.transport.send(request)
+        try:
+            payload = await resp.read()
+        finally:
+            await resp.aclose()
+    finally:
+        ctx.upstream_duration = perf() - started
+        ctx.waited += ctx.upstream_duration
+    ctx.ratelimit = dep.adapter.rate_limits(resp.headers)
+    if resp.status >= 400:
+        raise dep.adapter.classify(resp.status, payload, resp.headers)
+    return payload
+
+
+async def reply_json(ctx: RequestContext, send: Any, status: int, body: bytes) -> None:
+    ctx.status = status
+    await send_bytes(send, status, body, response_headers(ctx))

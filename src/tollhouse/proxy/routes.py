@@ -1,0 +1,78 @@
+"""The request entry point: dispatch, and the single error boundary.
+
+Every request to a proxied route ends in exactly one UsageEvent, whatever
+happens: success, a bad body, an unknown model, an upstream failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from tollhouse.accounting.event import Outcome
+from tollhouse.errors import GatewayError, MethodNotAllowed, UpstreamError, UpstreamFailed
+from tollhouse.metrics.exposition import render
+from tollhouse.proxy import chat, embeddings
+from tollhouse.proxy.asgi import Scope, header, request_id, send_bytes
+from tollhouse.proxy.context import RequestContext
+from tollhouse.proxy.exchange import response_headers
+from tollhouse.proxy.gateway import Gateway
+from tollhouse.proxy.responses import send_error
+
+log = logging.getLogger("tollhouse")
+
+Handler = Callable[[Gateway, RequestContext, Scope, Any, Any], Awaitable[None]]
+
+PROXIED: dict[str, tuple[str, Handler]] = {
+    "/v1/chat/completions": ("chat", chat.handle),
+    "/chat/completions": ("chat", chat.handle),
+    "/v1/embeddings": ("embeddings", embeddings.handle),
+    "/embeddings": ("embeddings", embeddings.handle),
+}
+
+
+async def proxied(
+    gw: Gateway, operation: str, handler: Handler, scope: Scope, receive: Any, send: Any
+) -> None:
+    ctx = RequestContext.begin(request_id(scope), operation)
+    try:
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}")
+            await handler(gw, ctx, scope, receive, send)
+        except UpstreamError as err:
+            raise UpstreamFailed.from_upstream(err) from err
+    except GatewayError as err:
+        ctx.fail(err)
+        await send_error(send, err, response_headers(ctx))
+    finally:
+        event = ctx.finish(gw.prices)
+        gw.sinks.emit(event)
+        if event.outcome is Outcome.ERROR and event.status >= 500:
+            log.warning("request_failed request_id=%s model=%s error_type=%s",
+                        event.request_id, event.model, event.error_type)  # fmt: skip
+
+
+async def models(gw: Gateway, send: Any, rid: str) -> None:
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": "tollhouse"}
+        for name in gw.router.model_names
+    ]
+    body = orjson.dumps({"object": "list", "data": data})
+    await send_bytes(send, 200, body, [(b"x-request-id", rid.encode())])
+
+
+async def health(gw: Gateway, send: Any, ready_check: bool) -> None:
+    if ready_check and not gw.ready:
+        await send_bytes(send, 503, b'{"status":"starting"}', [])
+        return
+    await send_bytes(send, 200, b'{"status":"ok"}', [])
+
+
+async def metrics(gw: Gateway, scope: Scope, send: Any) -> None:
+    accept = (header(scope, b"accept") or b"").decode("latin-1")
+    body, content_type = await render(gw.metrics.registry, accept)
+    await send_bytes(send, 200, body, [], content_type.encode())

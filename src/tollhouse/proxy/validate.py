@@ -1,0 +1,91 @@
+"""Checks on client request bodies: the few fields the gateway relies on.
+
+Everything else passes through to the upstream untouched, which knows its
+own parameters better than we do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tollhouse.errors import BadRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ChatParams:
+    model: str
+    stream: bool
+    wants_usage: bool
+    messages: list[Any]
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise BadRequest("you must provide a model parameter", param="model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' must be a non-empty string", param="model")
+    return model
+
+
+def _positive_int(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise BadRequest(f"'{name}' must be a positive integer", param=name)
+
+
+def chat(body: Any) -> ChatParams:
+    body = _object(body)
+    model = _model(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise BadRequest("you must provide a messages parameter", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(
+                f"messages[{i}] must be an object with a string 'role'", param="messages"
+            )
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object", param="stream_options")
+    wants_usage = bool(options and options.get("include_usage") is True)
+    _positive_int(body, "max_tokens")
+    _positive_int(body, "max_completion_tokens")
+    return ChatParams(model, stream, wants_usage, messages)
+
+
+def embeddings(body: Any) -> tuple[str, Any]:
+    body = _object(body)
+    model = _model(body)
+    value = body.get("input")
+    if value is None:
+        raise BadRequest("you must provide an input parameter", param="input")
+    ok = isinstance(value, str) or (
+        isinstance(value, list)
+        and value
+        and (
+            all(isinstance(v, str) for v in value)
+            or all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value)
+        )
+    )
+    if not ok:
+        raise BadRequest(
+            "'input' must be a string, an array of strings, or an array of token arrays",
+            param="input",
+        )
+    return model, value

@@ -1,0 +1,1 @@
+"""Routing: public model names → deployments (backend + upstream model)."""
