@@ -159,7 +159,11 @@ class MockTransport:
         if how.fail:
             return self._failure(how.fail)
         if how.malformed:
-            return MockResponse(200, self._headers(), b"{this is not json")
+            return MockResponse(
+                200,
+                self._headers(),
+                b"data: {this is not json\n" if request.stream else b"{this is not json",
+            )
         if request.url.endswith("/embeddings"):
             return self._embeddings(body, model)
         return self._chat(body, model, how, request.stream)

@@ -1,0 +1,143 @@
+"""Shared test harness: the real gateway on a real loopback port.
+
+``run_gateway`` starts the ASGI app under uvicorn (httptools, as in
+production) in a background thread, so tests drive it with real HTTP clients
+(the ``openai`` SDK, aiohttp, raw sockets). Each gateway gets its own
+``CollectorRegistry``; tests read metrics with ``get_sample_value``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from tollhouse.accounting.event import UsageEvent
+from tollhouse.app import App
+from tollhouse.config import parse_config
+
+REQUIRE_SERVICES = os.environ.get("TOLLHOUSE_REQUIRE_SERVICES") == "1"
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip when a service is missing, unless CI said every service must be there."""
+    if available:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service is missing (TOLLHOUSE_REQUIRE_SERVICES=1): {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class RunningGateway:
+    app: App
+    url: str
+    registry: CollectorRegistry
+    events: list[UsageEvent] = field(default_factory=list)
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample's value, 0.0 when the series does not exist (yet)."""
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def total(self, name: str, **labels: str) -> float:
+        """Sum of every sample named ``name`` whose labels include ``labels``."""
+        out = 0.0
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    out += sample.value
+        return out
+
+    def wait_events(self, count: int, timeout: float = 5.0) -> list[UsageEvent]:
+        """Wait until ``count`` events were emitted (streams finish after the client returns)."""
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(self.events) >= count, f"expected {count} events, got {len(self.events)}"
+        return list(self.events)
+
+
+@contextmanager
+def serve_app(app: App) -> Iterator[str]:
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, http="httptools", loop="uvloop",
+        lifespan="on", log_level="warning", access_log=False,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@contextmanager
+def run_gateway(
+    raw_config: dict[str, Any], environ: dict[str, str] | None = None
+) -> Iterator[RunningGateway]:
+    config = parse_config(raw_config, environ=environ or {})
+    registry = CollectorRegistry()
+    events: list[UsageEvent] = []
+    app = App(config, registry=registry, environ=environ or {}, extra_sinks=[events.append])
+    with serve_app(app) as url:
+        yield RunningGateway(app, url, registry, events)
+
+
+MOCK_MODELS = {
+    "chat": "echo",
+    "cached": "echo-cache-reason-2",
+    "slow": "echo-chunkdelay-20",
+    "fail-429": "fail-429",
+    "fail-500": "fail-500",
+    "timeout": "hang",
+    "idle": "hang-after-2",
+    "drop": "drop-after-2",
+    "malformed": "malformed",
+    "embed": "embed",
+}
+
+
+def mock_config(**server: Any) -> dict[str, Any]:
+    """The in-process mock backend with one public model per behaviour."""
+    return {
+        "server": {"access_log": True, **server},
+        "backends": [
+            {
+                "name": "mock",
+                "provider": "mock",
+                "prices": {"input": "1.5", "output": "2.5", "cached_input": "0.75"},
+                "timeouts": {"read": 0.5, "stream_idle": 0.3},
+            }
+        ],
+        "models": [{"name": n, "backend": "mock", "model": m} for n, m in MOCK_MODELS.items()],
+    }
+
+
+@pytest.fixture
+def mock_gateway() -> Iterator[RunningGateway]:
+    with run_gateway(mock_config()) as gw:
+        yield gw
+
+
+GatewayFactory = Callable[..., Any]

@@ -1,0 +1,108 @@
+"""Faults around streams and upstream calls: timeouts, drops, malformed answers, and
+clients that leave. Each ends in exactly one event with the right outcome and tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from tests.conftest import RunningGateway
+
+MSG = [{"role": "user", "content": "one two three"}]
+PROMPT = 4 + 3  # ceil(13 / 4) + 3
+
+
+def post(gw: RunningGateway, model: str, stream: bool = False) -> httpx.Response:
+    body = {"model": model, "messages": MSG, "max_tokens": 5, "stream": stream}
+    return httpx.post(gw.v1 + "/chat/completions", json=body, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "code", "error_type"),
+    [
+        ("fail-500", 502, "upstream_server_error", "server_error"),
+        ("timeout", 504, "upstream_timeout", "timeout"),
+        ("malformed", 502, "upstream_invalid_response", "invalid_response"),
+        ("fail-429", 429, "upstream_rate_limited", "rate_limit"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_failures_map_to_gateway_statuses(
+    mock_gateway: RunningGateway, model: str, status: int, code: str, error_type: str, stream: bool
+) -> None:
+    """Failures before any chunk reached the client are plain HTTP errors, streams included."""
+    r = post(mock_gateway, model, stream)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+    event = mock_gateway.wait_events(1)[0]
+    assert event.error_type is not None and event.error_type.value == error_type
+    assert event.outcome.value == "error" and event.status == status
+    assert mock_gateway.metric("llm_errors_total", model=model, backend="mock", provider="mock",
+                               error_type=error_type) == 1  # fmt: skip
+
+
+@pytest.mark.parametrize(("model", "error_type"), [("drop", "network"), ("idle", "timeout")])
+def test_stream_broken_midway_ends_with_error_event_and_estimated_tokens(
+    mock_gateway: RunningGateway, model: str, error_type: str
+) -> None:
+    """After 2 tokens the upstream breaks (or goes silent past stream_idle): the client gets
+    an in-stream error, and the prompt plus the 2 chunks seen are charged as estimates."""
+    r = post(mock_gateway, model, stream=True)
+    assert r.status_code == 200
+    events = [line for line in r.text.split("\n\n") if line.startswith("data: ")]
+    last = orjson.loads(events[-1][len("data: "):])
+    assert last["error"]["type"] == "api_error"
+    event = mock_gateway.wait_events(1)[0]
+    assert event.outcome.value == "error" and event.error_type is not None
+    assert event.error_type.value == error_type
+    assert (event.usage.input, event.usage.output) == (PROMPT, 2)
+    assert event.token_source.value == "estimated"
+    labels = {"model": model, "backend": "mock", "provider": "mock", "key": "anonymous"}
+    assert mock_gateway.metric("llm_tokens_total", **labels, type="output", source="estimated") == 2
+
+
+def test_client_disconnect_cancels_stream_and_records_tokens_so_far(
+    mock_gateway: RunningGateway,
+) -> None:
+    """A client that closes the connection mid-stream: outcome cancelled, tokens so far."""
+    host, port = mock_gateway.url.removeprefix("http://").split(":")
+    body = orjson.dumps({"model": "slow", "messages": MSG, "max_tokens": 50, "stream": True})
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode() + body
+        )
+        seen = b""
+        while seen.count(b'"content":"') < 4:  # role chunk (empty) + 3 content chunks
+            seen += sock.recv(65536)
+    event = mock_gateway.wait_events(1)[0]
+    assert event.outcome.value == "cancelled" and event.error_type is not None
+    assert event.error_type.value == "cancelled" and event.status == 200
+    assert event.usage.input == PROMPT
+    assert 3 <= event.usage.output < 50  # what had been relayed when the close was seen
+    assert event.token_source.value == "estimated"
+    assert mock_gateway.metric("llm_requests_total", model="slow", backend="mock", provider="mock",
+                               key="anonymous", outcome="cancelled", status_class="2xx") == 1  # fmt: skip
+
+
+async def test_gateway_keeps_serving_while_streams_are_cancelled(
+    mock_gateway: RunningGateway,
+) -> None:
+    async with openai.AsyncOpenAI(base_url=mock_gateway.v1, api_key="x", max_retries=0) as c:
+        for _ in range(5):
+            stream = await c.chat.completions.create(
+                model="slow", messages=MSG, max_tokens=40, stream=True  # type: ignore[arg-type]
+            )
+            async for _chunk in stream:
+                break
+            await stream.close()
+        out = await c.chat.completions.create(model="chat", messages=MSG, max_tokens=1)  # type: ignore[arg-type]
+    assert out.choices[0].message.content == "one"
+    events = mock_gateway.wait_events(6)
+    assert sorted(e.outcome.value for e in events) == ["cancelled"] * 5 + ["success"]
+    await asyncio.sleep(0)
