@@ -57,7 +57,9 @@ class RunningGateway:
         out = 0.0
         for family in self.registry.collect():
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     out += sample.value
         return out
 
@@ -73,9 +75,15 @@ class RunningGateway:
 @contextmanager
 def serve_app(app: App) -> Iterator[str]:
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, http="httptools", loop="uvloop",
-        lifespan="on", log_level="warning", access_log=False,
-    )  # fmt: skip
+        app,
+        host="127.0.0.1",
+        port=0,
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
     thread.start()
@@ -94,12 +102,15 @@ def serve_app(app: App) -> Iterator[str]:
 
 @contextmanager
 def run_gateway(
-    raw_config: dict[str, Any], environ: dict[str, str] | None = None
+    raw_config: dict[str, Any],
+    environ: dict[str, str] | None = None,
+    extra_sinks: list[Callable[[UsageEvent], None]] | None = None,
 ) -> Iterator[RunningGateway]:
     config = parse_config(raw_config, environ=environ or {})
     registry = CollectorRegistry()
     events: list[UsageEvent] = []
-    app = App(config, registry=registry, environ=environ or {}, extra_sinks=[events.append])
+    sinks = [events.append, *(extra_sinks or [])]
+    app = App(config, registry=registry, environ=environ or {}, extra_sinks=sinks)
     with serve_app(app) as url:
         yield RunningGateway(app, url, registry, events)
 

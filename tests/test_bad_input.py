@@ -7,7 +7,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.conftest import mock_config, run_gateway
 
 GOOD = b'{"model":"chat","messages":[{"role":"user","content":"hi"}]}'
@@ -17,32 +16,84 @@ CASES: list[tuple[str, str, bytes, int, str, str | None]] = [
     ("invalid json", "/v1/chat/completions", b'{"model": "chat", ', 400, "invalid_json", None),
     ("empty body", "/v1/chat/completions", b"", 400, "invalid_json", None),
     ("not an object", "/v1/chat/completions", b"[1, 2]", 400, "invalid_request", None),
-    ("missing model", "/v1/chat/completions", b'{"messages":[{"role":"user","content":"x"}]}',
-     400, "invalid_request", "model"),
-    ("model wrong type", "/v1/chat/completions", b'{"model":7,"messages":[]}', 400,
-     "invalid_request", "model"),
-    ("missing messages", "/v1/chat/completions", b'{"model":"chat"}', 400, "invalid_request",
-     "messages"),
-    ("message not object", "/v1/chat/completions", b'{"model":"chat","messages":["hi"]}', 400,
-     "invalid_request", "messages"),
-    ("stream wrong type", "/v1/chat/completions",
-     b'{"model":"chat","stream":"yes","messages":[{"role":"user","content":"x"}]}', 400,
-     "invalid_request", "stream"),
-    ("max_tokens wrong type", "/v1/chat/completions",
-     b'{"model":"chat","max_tokens":"9","messages":[{"role":"user","content":"x"}]}', 400,
-     "invalid_request", "max_tokens"),
-    ("unknown model", "/v1/chat/completions",
-     b'{"model":"gpt-nope","messages":[{"role":"user","content":"x"}]}', 404, "model_not_found",
-     "model"),
-    ("embeddings missing input", "/v1/embeddings", b'{"model":"embed"}', 400, "invalid_request",
-     "input"),
-    ("embeddings bad input", "/v1/embeddings", b'{"model":"embed","input":[1.5]}', 400,
-     "invalid_request", "input"),
-]  # fmt: skip
+    (
+        "missing model",
+        "/v1/chat/completions",
+        b'{"messages":[{"role":"user","content":"x"}]}',
+        400,
+        "invalid_request",
+        "model",
+    ),
+    (
+        "model wrong type",
+        "/v1/chat/completions",
+        b'{"model":7,"messages":[]}',
+        400,
+        "invalid_request",
+        "model",
+    ),
+    (
+        "missing messages",
+        "/v1/chat/completions",
+        b'{"model":"chat"}',
+        400,
+        "invalid_request",
+        "messages",
+    ),
+    (
+        "message not object",
+        "/v1/chat/completions",
+        b'{"model":"chat","messages":["hi"]}',
+        400,
+        "invalid_request",
+        "messages",
+    ),
+    (
+        "stream wrong type",
+        "/v1/chat/completions",
+        b'{"model":"chat","stream":"yes","messages":[{"role":"user","content":"x"}]}',
+        400,
+        "invalid_request",
+        "stream",
+    ),
+    (
+        "max_tokens wrong type",
+        "/v1/chat/completions",
+        b'{"model":"chat","max_tokens":"9","messages":[{"role":"user","content":"x"}]}',
+        400,
+        "invalid_request",
+        "max_tokens",
+    ),
+    (
+        "unknown model",
+        "/v1/chat/completions",
+        b'{"model":"gpt-nope","messages":[{"role":"user","content":"x"}]}',
+        404,
+        "model_not_found",
+        "model",
+    ),
+    (
+        "embeddings missing input",
+        "/v1/embeddings",
+        b'{"model":"embed"}',
+        400,
+        "invalid_request",
+        "input",
+    ),
+    (
+        "embeddings bad input",
+        "/v1/embeddings",
+        b'{"model":"embed","input":[1.5]}',
+        400,
+        "invalid_request",
+        "input",
+    ),
+]
 
 
-@pytest.mark.parametrize(("name", "path", "body", "status", "code", "param"), CASES,
-                         ids=[c[0] for c in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "path", "body", "status", "code", "param"), CASES, ids=[c[0] for c in CASES]
+)
 def test_bad_input_is_rejected_counted_and_survived(
     name: str, path: str, body: bytes, status: int, code: str, param: str | None
 ) -> None:
@@ -66,11 +117,23 @@ def test_unknown_model_is_not_a_label_value() -> None:
     """A client-chosen model name must not create a series (unbounded cardinality)."""
     with run_gateway(mock_config()) as gw, httpx.Client(base_url=gw.url) as http:
         for i in range(5):
-            http.post("/v1/chat/completions",
-                      json={"model": f"made-up-{i}", "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+            http.post(
+                "/v1/chat/completions",
+                json={"model": f"made-up-{i}", "messages": [{"role": "user", "content": "x"}]},
+            )
         gw.wait_events(5)
-        assert gw.metric("llm_requests_total", model="none", backend="none", provider="none",
-                         key="anonymous", outcome="error", status_class="4xx") == 5  # fmt: skip
+        assert (
+            gw.metric(
+                "llm_requests_total",
+                model="none",
+                backend="none",
+                provider="none",
+                key="anonymous",
+                outcome="error",
+                status_class="4xx",
+            )
+            == 5
+        )
         scrape = http.get("/metrics").text
         assert "made-up" not in scrape
 

@@ -6,7 +6,6 @@ from decimal import Decimal
 
 import openai
 import pytest
-
 from tests.conftest import RunningGateway
 
 MSG = [{"role": "user", "content": "the quick brown fox"}]
@@ -50,17 +49,23 @@ def test_chat_stream_sync_relays_chunks_and_hides_usage_chunk(mock_gateway: Runn
     assert (event.usage.input, event.usage.output) == (PROMPT, 5)
     assert event.token_source.value == "reported"
     assert event.ttft is not None and event.ttft <= event.duration
-    assert mock_gateway.metric(
-        "llm_time_to_first_token_seconds_count", model="chat", backend="mock", provider="mock"
-    ) == 1
+    assert (
+        mock_gateway.metric(
+            "llm_time_to_first_token_seconds_count", model="chat", backend="mock", provider="mock"
+        )
+        == 1
+    )
 
 
 def test_chat_stream_passes_usage_chunk_when_asked(mock_gateway: RunningGateway) -> None:
     with client(mock_gateway) as c:
         stream = c.chat.completions.create(
-            model="chat", messages=MSG, max_tokens=3, stream=True,  # type: ignore[arg-type]
+            model="chat",
+            messages=MSG,
+            max_tokens=3,
+            stream=True,  # type: ignore[arg-type]
             stream_options={"include_usage": True},
-        )  # fmt: skip
+        )
         chunks = list(stream)
     usage_chunks = [ch for ch in chunks if ch.usage is not None]
     assert len(usage_chunks) == 1 and usage_chunks[0].choices == []
@@ -96,7 +101,10 @@ async def test_async_client_chat_stream_and_embeddings(mock_gateway: RunningGate
     async with openai.AsyncOpenAI(base_url=mock_gateway.v1, api_key="x", max_retries=0) as c:
         out = await c.chat.completions.create(model="chat", messages=MSG, max_tokens=2)  # type: ignore[arg-type]
         stream = await c.chat.completions.create(
-            model="chat", messages=MSG, max_tokens=4, stream=True  # type: ignore[arg-type]
+            model="chat",
+            messages=MSG,
+            max_tokens=4,
+            stream=True,  # type: ignore[arg-type]
         )
         pieces = [ch.choices[0].delta.content or "" async for ch in stream if ch.choices]
         emb = await c.embeddings.create(model="embed", input="hello")
@@ -116,14 +124,24 @@ def test_upstream_429_reaches_sdk_as_rate_limit_error(mock_gateway: RunningGatew
     assert info.value.code == "upstream_rate_limited"
     gw = mock_gateway
     gw.wait_events(1)
-    assert gw.metric("llm_errors_total", model="fail-429", backend="mock", provider="mock",
-                     error_type="rate_limit") == 1  # fmt: skip
+    assert (
+        gw.metric(
+            "llm_errors_total",
+            model="fail-429",
+            backend="mock",
+            provider="mock",
+            error_type="rate_limit",
+        )
+        == 1
+    )
 
 
 def test_request_id_is_echoed_and_overhead_reported(mock_gateway: RunningGateway) -> None:
     with client(mock_gateway) as c:
         raw = c.chat.completions.with_raw_response.create(
-            model="chat", messages=MSG, extra_headers={"x-request-id": "trace-123"}  # type: ignore[arg-type]
+            model="chat",
+            messages=MSG,
+            extra_headers={"x-request-id": "trace-123"},  # type: ignore[arg-type]
         )
     assert raw.headers["x-request-id"] == "trace-123"
     assert float(raw.headers["x-tollhouse-overhead-ms"]) >= 0

@@ -10,7 +10,6 @@ import httpx
 import openai
 import orjson
 import pytest
-
 from tests.conftest import RunningGateway
 
 MSG = [{"role": "user", "content": "one two three"}]
@@ -42,8 +41,12 @@ def test_upstream_failures_map_to_gateway_statuses(
     event = mock_gateway.wait_events(1)[0]
     assert event.error_type is not None and event.error_type.value == error_type
     assert event.outcome.value == "error" and event.status == status
-    assert mock_gateway.metric("llm_errors_total", model=model, backend="mock", provider="mock",
-                               error_type=error_type) == 1  # fmt: skip
+    assert (
+        mock_gateway.metric(
+            "llm_errors_total", model=model, backend="mock", provider="mock", error_type=error_type
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(("model", "error_type"), [("drop", "network"), ("idle", "timeout")])
@@ -55,7 +58,7 @@ def test_stream_broken_midway_ends_with_error_event_and_estimated_tokens(
     r = post(mock_gateway, model, stream=True)
     assert r.status_code == 200
     events = [line for line in r.text.split("\n\n") if line.startswith("data: ")]
-    last = orjson.loads(events[-1][len("data: "):])
+    last = orjson.loads(events[-1][len("data: ") :])
     assert last["error"]["type"] == "api_error"
     event = mock_gateway.wait_events(1)[0]
     assert event.outcome.value == "error" and event.error_type is not None
@@ -75,7 +78,8 @@ def test_client_disconnect_cancels_stream_and_records_tokens_so_far(
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            + f"content-length: {len(body)}\r\n\r\n".encode() + body
+            + f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
         )
         seen = b""
         while seen.count(b'"content":"') < 4:  # role chunk (empty) + 3 content chunks
@@ -86,8 +90,18 @@ def test_client_disconnect_cancels_stream_and_records_tokens_so_far(
     assert event.usage.input == PROMPT
     assert 3 <= event.usage.output < 50  # what had been relayed when the close was seen
     assert event.token_source.value == "estimated"
-    assert mock_gateway.metric("llm_requests_total", model="slow", backend="mock", provider="mock",
-                               key="anonymous", outcome="cancelled", status_class="2xx") == 1  # fmt: skip
+    assert (
+        mock_gateway.metric(
+            "llm_requests_total",
+            model="slow",
+            backend="mock",
+            provider="mock",
+            key="anonymous",
+            outcome="cancelled",
+            status_class="2xx",
+        )
+        == 1
+    )
 
 
 async def test_gateway_keeps_serving_while_streams_are_cancelled(
@@ -96,7 +110,10 @@ async def test_gateway_keeps_serving_while_streams_are_cancelled(
     async with openai.AsyncOpenAI(base_url=mock_gateway.v1, api_key="x", max_retries=0) as c:
         for _ in range(5):
             stream = await c.chat.completions.create(
-                model="slow", messages=MSG, max_tokens=40, stream=True  # type: ignore[arg-type]
+                model="slow",
+                messages=MSG,
+                max_tokens=40,
+                stream=True,  # type: ignore[arg-type]
             )
             async for _chunk in stream:
                 break

@@ -31,8 +31,8 @@ SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-
 async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, send: Any) -> None:
     body = parse_json(await read_body(scope, receive, gw.config.server.max_body_bytes))
     params = validate.chat(body)
-    dep = gw.router.resolve(params.model)
-    ctx.deployment, ctx.stream = dep, params.stream
+    ctx.stream = params.stream
+    dep = gw.route(ctx, params.model)
     request = dep.adapter.chat_request(body, dep.target, stream=params.stream)
     request.headers["x-request-id"] = ctx.request_id
     if not params.stream:

@@ -17,8 +17,7 @@ from tollhouse.proxy.gateway import Gateway
 async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, send: Any) -> None:
     body = parse_json(await read_body(scope, receive, gw.config.server.max_body_bytes))
     model, value = validate.embeddings(body)
-    dep = gw.router.resolve(model)
-    ctx.deployment = dep
+    dep = gw.route(ctx, model)
     request = dep.adapter.embeddings_request(body, dep.target)
     request.headers["x-request-id"] = ctx.request_id
     payload = await call_upstream(ctx, request)

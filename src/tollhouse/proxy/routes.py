@@ -49,11 +49,10 @@ async def proxied(
         ctx.fail(err)
         await send_error(send, err, response_headers(ctx))
     finally:
-        event = ctx.finish(gw.prices)
-        gw.sinks.emit(event)
-        if event.outcome is Outcome.ERROR and event.status >= 500:
-            log.warning("request_failed request_id=%s model=%s error_type=%s",
-                        event.request_id, event.model, event.error_type)  # fmt: skip
+        gw.done(ctx)
+        if ctx.outcome is Outcome.ERROR and ctx.status >= 500:
+            log.warning("request_failed request_id=%s status=%s error_type=%s",
+                        ctx.request_id, ctx.status, ctx.error_type)  # fmt: skip
 
 
 async def models(gw: Gateway, send: Any, rid: str) -> None:
