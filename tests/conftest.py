@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from tollhouse.accounting.event import UsageEvent
 from tollhouse.app import App
 from tollhouse.config import parse_config
+from tollhouse.server import GatewayHttpProtocol
 
 REQUIRE_SERVICES = os.environ.get("TOLLHOUSE_REQUIRE_SERVICES") == "1"
 
@@ -78,7 +79,7 @@ def serve_app(app: App) -> Iterator[str]:
         app,
         host="127.0.0.1",
         port=0,
-        http="httptools",
+        http=GatewayHttpProtocol,
         loop="uvloop",
         lifespan="on",
         log_level="warning",

@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tollhouse.app import create_app
+    from tollhouse.server import GatewayHttpProtocol
 
     try:
         config = load_config(args.config)
@@ -58,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         loop=loop,
-        http="httptools",
+        http=GatewayHttpProtocol,
         lifespan="on",
         access_log=False,
         log_level=server.log_level,

@@ -110,13 +110,17 @@ class PriceBook:
     """Resolves and caches the price of each (backend, upstream model) pair."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[str, str], Price | None] = {}
+        self._cache: dict[tuple[str, str, Prices | None], Price | None] = {}
         self._warned: set[tuple[str, str]] = set()
 
     def price(
         self, backend: BackendConfig, upstream_model: str, override: Prices | None = None
     ) -> Price | None:
-        key = (backend.name, upstream_model)
+        key = (
+            backend.name,
+            upstream_model,
+            override,
+        )  # two public names may price one model differently
         try:
             return self._cache[key]
         except KeyError:

@@ -91,8 +91,11 @@ class ServerConfig(_Strict):
     @field_validator("metrics_path")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/") or value in ("/v1", "/health"):
-            raise ValueError("must be an absolute path that no other route uses")
+        taken = ("/v1", "/health", "/chat", "/embeddings", "/models")
+        if not value.startswith("/") or any(value == t or value.startswith(t + "/") for t in taken):
+            raise ValueError(
+                "must be an absolute path outside /v1, /health and the other API routes"
+            )
         return value
 
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 from typing import Any
 
-from tollhouse.accounting.event import TokenSource
 from tollhouse.accounting.tokens import estimate_prompt_tokens
 from tollhouse.accounting.usage import Usage
 from tollhouse.errors import ErrorType, UpstreamError, UpstreamFailed
@@ -37,10 +36,14 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     request.headers["x-request-id"] = ctx.request_id
     if not params.stream:
         payload = await call_upstream(ctx, request)
-        parsed = dep.adapter.parse_chat(payload, dep.target)
+        try:
+            parsed = dep.adapter.parse_chat(payload, dep.target)
+        except UpstreamError:
+            # A 2xx means the upstream took the prompt; an unreadable answer still costs it.
+            ctx.estimated(Usage(input=estimate_prompt_tokens(params.messages)))
+            raise
         if parsed.usage is None:
-            ctx.usage = Usage(input=estimate_prompt_tokens(params.messages))
-            ctx.token_source = TokenSource.ESTIMATED
+            ctx.estimated(Usage(input=estimate_prompt_tokens(params.messages)))
         else:
             ctx.usage = parsed.usage
         await reply_json(ctx, send, 200, parsed.body)
@@ -118,13 +121,14 @@ def _settle_usage(
         ctx.usage = t.usage
         return
     known = t.usage
-    ctx.usage = Usage(
-        input=known.input if known else estimate_prompt_tokens(params.messages),
-        output=max(t.content_chunks, known.output if known else 0),
-        cached_input=known.cached_input if known else 0,
-        cache_write_input=known.cache_write_input if known else 0,
+    ctx.estimated(
+        Usage(
+            input=known.input if known else estimate_prompt_tokens(params.messages),
+            output=max(t.content_chunks, known.output if known else 0),
+            cached_input=known.cached_input if known else 0,
+            cache_write_input=known.cache_write_input if known else 0,
+        )
     )
-    ctx.token_source = TokenSource.ESTIMATED
 
 
 class _Relay:

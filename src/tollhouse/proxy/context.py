@@ -47,6 +47,11 @@ class RequestContext:
     def overhead_so_far(self) -> float:
         return max(0.0, perf() - self.t0 - self.waited)
 
+    def estimated(self, usage: Usage) -> None:
+        """Record usage the gateway estimated because the provider reported none."""
+        self.usage = usage
+        self.token_source = TokenSource.ESTIMATED
+
     def fail(self, err: GatewayError) -> None:
         self.status = err.status
         self.outcome = Outcome.ERROR

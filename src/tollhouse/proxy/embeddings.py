@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollhouse.accounting.event import TokenSource
 from tollhouse.accounting.tokens import estimate_input_tokens
 from tollhouse.accounting.usage import Usage
+from tollhouse.errors import UpstreamError
 from tollhouse.proxy import validate
 from tollhouse.proxy.asgi import Scope, parse_json, read_body
 from tollhouse.proxy.context import RequestContext
@@ -21,10 +21,13 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     request = dep.adapter.embeddings_request(body, dep.target)
     request.headers["x-request-id"] = ctx.request_id
     payload = await call_upstream(ctx, request)
-    parsed = dep.adapter.parse_embeddings(payload, dep.target)
+    try:
+        parsed = dep.adapter.parse_embeddings(payload, dep.target)
+    except UpstreamError:
+        ctx.estimated(Usage(input=estimate_input_tokens(value)))  # the upstream took the input
+        raise
     if parsed.usage is None:
-        ctx.usage = Usage(input=estimate_input_tokens(value))
-        ctx.token_source = TokenSource.ESTIMATED
+        ctx.estimated(Usage(input=estimate_input_tokens(value)))
     else:
         ctx.usage = parsed.usage
     await reply_json(ctx, send, 200, parsed.body)
