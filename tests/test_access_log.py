@@ -1,0 +1,73 @@
+"""One structured JSON access-log line per request, built from the UsageEvent, no secrets."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import orjson
+import pytest
+from bench.mock_upstream import MockUpstream
+from tests.conftest import mock_config, run_gateway
+
+SECRET = "sk-live-0123456789abcdef-secret"
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "tollhouse.access"]
+
+
+def test_one_json_line_per_request_with_the_event_fields(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tollhouse.access")
+    with run_gateway(mock_config()) as gw, httpx.Client(base_url=gw.v1) as http:
+        http.post("/chat/completions", json={"model": "chat", "max_tokens": 2,
+                                             "messages": [{"role": "user", "content": "a b"}]},
+                  headers={"x-request-id": "log-1"})  # fmt: skip
+        with http.stream("POST", "/chat/completions",
+                         json={"model": "chat", "stream": True, "max_tokens": 3,
+                               "messages": [{"role": "user", "content": "a b"}]}) as r:  # fmt: skip
+            r.read()
+        http.post("/chat/completions", content=b"{nope")
+        events = gw.wait_events(3)
+    lines = access_lines(caplog)
+    assert len(lines) == 3
+    by_id = {line["request_id"]: line for line in lines}
+    first = by_id["log-1"]
+    assert first["model"] == "chat" and first["backend"] == "mock" and first["status"] == 200
+    assert first["outcome"] == "success" and first["stream"] is False
+    assert first["tokens"] == {"input": 4, "output": 2, "cached_input": 0, "cache_write_input": 0,
+                               "reasoning": 0, "source": "reported"}  # fmt: skip
+    assert first["cost_usd"] == str(events[0].cost) == "0.000011"  # 4*1.5 + 2*2.5 per million
+    assert isinstance(first["latency_ms"], float) and first["ttft_ms"] is None
+    stream = next(line for line in lines if line["stream"] is True)
+    assert isinstance(stream["ttft_ms"], float) and stream["ttft_ms"] <= stream["latency_ms"]
+    bad = next(line for line in lines if line["status"] == 400)
+    assert bad["error_type"] == "bad_request" and bad["model"] == "none"
+
+
+def test_no_secret_reaches_logs_metrics_or_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """The upstream API key (from the environment) appears in no log line, metric or error."""
+    caplog.set_level(logging.DEBUG)
+    with MockUpstream() as up:
+        config = {
+            "backends": [{"name": "up", "provider": "openai", "base_url": up.base_url + "/v1",
+                          "api_key_env": "UPSTREAM_KEY", "prices": {"input": 1, "output": 1}}],
+            "models": [{"name": "ok", "backend": "up", "model": "m"},
+                       {"name": "bad", "backend": "up", "model": "m-fail-401"}],
+        }  # fmt: skip
+        with (
+            run_gateway(config, environ={"UPSTREAM_KEY": SECRET}) as gw,
+            httpx.Client(base_url=gw.v1, headers={"authorization": f"Bearer {SECRET}"}) as http,
+        ):
+            msg = [{"role": "user", "content": "hi"}]
+            assert (
+                http.post("/chat/completions", json={"model": "ok", "messages": msg}).status_code
+                == 200
+            )
+            failed = http.post("/chat/completions", json={"model": "bad", "messages": msg})
+            assert failed.status_code == 502 and SECRET not in failed.text
+            scrape = httpx.get(gw.url + "/metrics").text
+            gw.wait_events(2)
+    assert SECRET not in scrape
+    assert all(SECRET not in r.getMessage() for r in caplog.records)
+    assert all(SECRET not in str(r.__dict__) for r in caplog.records)
