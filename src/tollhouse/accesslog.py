@@ -56,6 +56,8 @@ def record(event: UsageEvent) -> dict[str, object]:
 
 
 class AccessLog:
+    name = "access_log"
+
     def __init__(self, log: logging.Logger = logger) -> None:
         self._log = log
 

@@ -1,9 +1,16 @@
 """The metrics sink: one UsageEvent in, every traffic metric updated from it.
 
 Nothing here computes tokens or cost; it only reads the event.
+
+``labels()`` on a prometheus_client metric validates and locks on every call,
+and one event touches about a dozen series. Label values are bounded (config
+names and closed enums), so each bound child is looked up once and kept in a
+plain dict; a series is still created only when it first gets a value.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from tollhouse.accounting.event import Outcome, UsageEvent
 from tollhouse.metrics.registry import Metrics
@@ -12,53 +19,55 @@ _TOKEN_TYPES = ("input", "output", "cached_input", "cache_write_input", "reasoni
 
 
 class MetricsRecorder:
+    name = "metrics"
+
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def __call__(self, event: UsageEvent) -> None:
-        m = self._m
-        model, backend, provider = event.model, event.backend, event.provider
-        stream = "true" if event.stream else "false"
-        m.requests.labels(
-            model, backend, provider, event.key, event.outcome.value, event.status_class
-        ).inc()
-        m.request_duration.labels(model, backend, provider, event.outcome.value, stream).observe(
-            event.duration
-        )
-        m.overhead.labels(stream).observe(event.overhead)
+        m, child = self._m, self._child
+        traffic = (event.model, event.backend, event.provider)
+        outcome, stream = event.outcome.value, "true" if event.stream else "false"
+        child(m.requests, *traffic, event.key, outcome, event.status_class).inc()
+        child(m.request_duration, *traffic, outcome, stream).observe(event.duration)
+        child(m.overhead, stream).observe(event.overhead)
         if event.upstream_duration is not None:
-            m.upstream_duration.labels(model, backend, provider).observe(event.upstream_duration)
+            child(m.upstream_duration, *traffic).observe(event.upstream_duration)
         if event.ttft is not None:
-            m.ttft.labels(model, backend, provider).observe(event.ttft)
+            child(m.ttft, *traffic).observe(event.ttft)
             tpot = event.time_per_output_token
             if tpot is not None:
-                m.tpot.labels(model, backend, provider).observe(tpot)
+                child(m.tpot, *traffic).observe(tpot)
         if event.error_type is not None and event.outcome is Outcome.ERROR:
-            m.errors.labels(model, backend, provider, event.error_type.value).inc()
-        self._tokens_and_cost(event)
+            child(m.errors, *traffic, event.error_type.value).inc()
+        self._tokens_and_cost(event, traffic)
         if event.ratelimit_remaining_requests is not None:
-            m.ratelimit_requests.labels(backend, event.upstream_model).set(
+            child(m.ratelimit_requests, event.backend, event.upstream_model).set(
                 event.ratelimit_remaining_requests
             )
         if event.ratelimit_remaining_tokens is not None:
-            m.ratelimit_tokens.labels(backend, event.upstream_model).set(
+            child(m.ratelimit_tokens, event.backend, event.upstream_model).set(
                 event.ratelimit_remaining_tokens
             )
 
-    def _tokens_and_cost(self, event: UsageEvent) -> None:
-        m = self._m
+    def _tokens_and_cost(self, event: UsageEvent, traffic: tuple[str, str, str]) -> None:
+        m, child = self._m, self._child
         usage = event.usage
         source = event.token_source.value
         for kind in _TOKEN_TYPES:
             count = getattr(usage, kind)
             if count:
-                m.tokens.labels(
-                    event.model, event.backend, event.provider, event.key, kind, source
-                ).inc(count)
+                child(m.tokens, *traffic, event.key, kind, source).inc(count)
         if event.cost is not None:
             if event.cost:
-                m.cost.labels(event.model, event.backend, event.provider, event.key).inc(
-                    float(event.cost)
-                )
+                child(m.cost, *traffic, event.key).inc(float(event.cost))
         elif usage.input or usage.output:
-            m.unpriced.labels(event.model, event.backend, event.provider).inc()
+            child(m.unpriced, *traffic).inc()
