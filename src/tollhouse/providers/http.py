@@ -86,20 +86,11 @@ class HttpTransport:
         )
 
     async def send(self, request: UpstreamRequest) -> HttpResponse:
+        # A stream's headers (and first byte) may take as long as ``read``; after that the
+        # per-read ``stream_idle`` bound applies between chunks. A whole answer gets ``read``.
         timeout = self._stream if request.stream else self._whole
         with map_aiohttp_errors():
-            if request.stream:
-                # Headers (and the first byte) may take as long as ``read``; after that
-                # the per-read ``stream_idle`` bound applies between chunks.
-                async with asyncio.timeout(self._timeouts.read):
-                    resp = await self._session.request(
-                        request.method,
-                        request.url,
-                        data=request.body,
-                        headers=request.headers,
-                        timeout=timeout,
-                    )
-            else:
+            async with asyncio.timeout(self._timeouts.read if request.stream else None):
                 resp = await self._session.request(
                     request.method,
                     request.url,
