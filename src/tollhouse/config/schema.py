@@ -99,8 +99,78 @@ class ServerConfig(_Strict):
         return value
 
 
+Period = str  # "hourly" | "daily" | "weekly" | "monthly" | a duration such as "30d", "12h", "90m"
+_PERIOD = r"^(hourly|daily|weekly|monthly|[1-9][0-9]*[mhdw])$"
+
+
+class AuthConfig(_Strict):
+    """Who may call the gateway. Keys are virtual keys stored hashed in the store."""
+
+    required: bool = True
+    admin_key_env: str | None = "TOLLHOUSE_ADMIN_KEY"
+    cache_ttl: float = Field(default=30.0, ge=0)
+
+
+class StoreConfig(_Strict):
+    """Keys, teams, users and the spend ledger (SQLite file by default, PostgreSQL by URL)."""
+
+    url: str = "sqlite+aiosqlite:///tollhouse.db"
+    migrate_on_start: bool = True
+
+
+class LedgerConfig(_Strict):
+    """The spend ledger writer: batched off the request path, never dropping a row."""
+
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval: float = Field(default=0.5, gt=0)
+    retry_interval: float = Field(default=1.0, gt=0)
+
+
+class LimitsConfig(_Strict):
+    """Where budget and rate-limit counters live: one process (memory) or shared (redis)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "tollhouse:"
+    reserve_output_tokens: int = Field(default=4096, ge=1)
+    init_gauges: bool = False
+
+
+class BudgetConfig(_Strict):
+    """A spend cap in USD for one backend, one provider, or every end user by default."""
+
+    scope: Literal["backend", "provider", "end_user"]
+    name: str | None = None  # backend or provider name; None for the end-user default
+    max_usd: Decimal = Field(gt=0)
+    soft_usd: Decimal | None = Field(default=None, gt=0)
+    period: Period = Field(default="monthly", pattern=_PERIOD)
+
+    @model_validator(mode="after")
+    def _named(self) -> BudgetConfig:
+        if self.scope != "end_user" and not self.name:
+            raise ValueError(f"a {self.scope} budget needs a name")
+        if self.soft_usd is not None and self.soft_usd > self.max_usd:
+            raise ValueError("soft_usd must not exceed max_usd")
+        return self
+
+
+class RateLimitConfig(_Strict):
+    """Requests and tokens per minute for one backend."""
+
+    scope: Literal["backend"]
+    name: str
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    rate_limits: list[RateLimitConfig] = Field(default_factory=list)
     backends: list[BackendConfig] = Field(min_length=1)
     models: list[ModelConfig] = Field(min_length=1)
 
