@@ -9,6 +9,7 @@ production) in a background thread, so tests drive it with real HTTP clients
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -107,13 +108,16 @@ def run_gateway(
     environ: dict[str, str] | None = None,
     extra_sinks: list[Callable[[UsageEvent], None]] | None = None,
 ) -> Iterator[RunningGateway]:
-    config = parse_config(raw_config, environ=environ or {})
-    registry = CollectorRegistry()
-    events: list[UsageEvent] = []
-    sinks = [events.append, *(extra_sinks or [])]
-    app = App(config, registry=registry, environ=environ or {}, extra_sinks=sinks)
-    with serve_app(app) as url:
-        yield RunningGateway(app, url, registry, events)
+    with tempfile.TemporaryDirectory(prefix="tollhouse-test-") as tmp:
+        raw = {"auth": {"required": False}, **raw_config}
+        raw.setdefault("store", {"url": f"sqlite+aiosqlite:///{tmp}/store.db"})
+        config = parse_config(raw, environ=environ or {})
+        registry = CollectorRegistry()
+        events: list[UsageEvent] = []
+        sinks = [events.append, *(extra_sinks or [])]
+        app = App(config, registry=registry, environ=environ or {}, extra_sinks=sinks)
+        with serve_app(app) as url:
+            yield RunningGateway(app, url, registry, events)
 
 
 MOCK_MODELS = {

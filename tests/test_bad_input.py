@@ -129,6 +129,7 @@ def test_unknown_model_is_not_a_label_value() -> None:
                 backend="none",
                 provider="none",
                 key="anonymous",
+                team="none",
                 outcome="error",
                 status_class="4xx",
             )

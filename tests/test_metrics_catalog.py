@@ -51,6 +51,9 @@ def traffic_config() -> dict[str, object]:
     config = mock_config()
     config["backends"].append({"name": "free", "provider": "mock"})  # type: ignore[attr-defined]
     config["models"].append({"name": "unpriced", "backend": "free", "model": "echo"})  # type: ignore[attr-defined]
+    config["budgets"] = [{"scope": "backend", "name": "mock", "max_usd": "10", "soft_usd": "8",
+                          "period": "daily"}]  # fmt: skip
+    config["rate_limits"] = [{"scope": "backend", "name": "free", "rpm": 1, "tpm": 1000}]
     return config
 
 
@@ -72,6 +75,7 @@ def scraped() -> Iterator[tuple[str, dict[str, float]]]:
             ("cached", False),
             ("fail-500", False),
             ("unpriced", False),
+            ("unpriced", False),  # over the backend's 1 rpm: rejected at the gate
             ("drop", True),
         ]:
             http.post(
@@ -79,7 +83,7 @@ def scraped() -> Iterator[tuple[str, dict[str, float]]]:
                 json={"model": model, "messages": MSG, "max_tokens": 3, "stream": stream},
             )
         assert http.post("/embeddings", json={"model": "embed", "input": "x"}).status_code == 200
-        gw.wait_events(7)
+        gw.wait_events(8)
         text = httpx.get(gw.url + "/metrics").text
         samples = {
             f"{s.name}{sorted(s.labels.items())}": s.value
@@ -98,7 +102,7 @@ def test_every_catalog_metric_is_emitted_by_real_traffic(
     assert isinstance(spec, MetricSpec)
     text, _ = scraped
     for name in exported_names(spec):
-        assert re.search(rf"^{name}{{", text, re.M), f"{name} has no sample after traffic"
+        assert re.search(rf"^{name}[{{ ]", text, re.M), f"{name} has no sample after traffic"
 
 
 def test_scrape_has_only_catalog_metrics(scraped: tuple[str, dict[str, float]]) -> None:
@@ -119,6 +123,20 @@ def test_specific_values_after_traffic(scraped: tuple[str, dict[str, float]]) ->
     )
     assert get("tollhouse_sink_errors_total", sink="function") == 1
     assert get("llm_requests_in_flight", model="chat") == 0
+    assert get("llm_rejections_total", reason="rate_limit", scope="backend") == 1
+    budget = {"scope": "backend", "entity": "mock", "period": "daily"}
+    assert get("llm_budget_limit_usd", **budget) == 10
+    assert get("llm_budget_soft_limit_usd", **budget) == 8
+    spent = get("llm_budget_spend_usd", **budget)
+    assert spent > 0 and get("llm_budget_remaining_usd", **budget) == pytest.approx(10 - spent)
+    assert get("llm_budget_reserved_usd", **budget) == 0
+    assert 0 < get("llm_budget_reset_seconds", **budget) <= 86400
+    rate = {"scope": "backend", "entity": "free"}
+    assert get("llm_ratelimit_limit", **rate, kind="requests") == 1
+    assert get("llm_ratelimit_remaining", **rate, kind="requests") == 0
+    # every request is either written to the ledger or waiting in its queue
+    assert get("tollhouse_ledger_backlog") + get("tollhouse_ledger_rows_written_total") == 8
+    assert get("tollhouse_ledger_write_errors_total") == 0
     # the mock upstream counts down from 10000 per request served, as real ones do
     remaining = get(
         "llm_upstream_ratelimit_remaining_requests", backend="mock", upstream_model="embed"

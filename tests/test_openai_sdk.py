@@ -26,7 +26,13 @@ def test_chat_completion_sync_counts_tokens_and_cost(mock_gateway: RunningGatewa
     assert out.usage.completion_tokens == 6
     gw = mock_gateway
     event = gw.wait_events(1)[0]
-    labels = {"model": "chat", "backend": "mock", "provider": "mock", "key": "anonymous"}
+    labels = {
+        "model": "chat",
+        "backend": "mock",
+        "provider": "mock",
+        "key": "anonymous",
+        "team": "none",
+    }
     assert gw.metric("llm_requests_total", **labels, outcome="success", status_class="2xx") == 1
     assert gw.metric("llm_tokens_total", **labels, type="input", source="reported") == PROMPT
     assert gw.metric("llm_tokens_total", **labels, type="output", source="reported") == 6
@@ -79,7 +85,13 @@ def test_cached_and_reasoning_tokens_are_split_out(mock_gateway: RunningGateway)
     gw = mock_gateway
     event = gw.wait_events(1)[0]
     assert (event.usage.cached_input, event.usage.reasoning) == (PROMPT // 2, 2)
-    labels = {"model": "cached", "backend": "mock", "provider": "mock", "key": "anonymous"}
+    labels = {
+        "model": "cached",
+        "backend": "mock",
+        "provider": "mock",
+        "key": "anonymous",
+        "team": "none",
+    }
     assert gw.metric("llm_tokens_total", **labels, type="cached_input", source="reported") == 4
     assert gw.metric("llm_tokens_total", **labels, type="reasoning", source="reported") == 2
     # 4 plain input at 1.5 + 4 cached at 0.75 + 4 output at 2.5 = 19 per million

@@ -65,7 +65,13 @@ def test_stream_broken_midway_ends_with_error_event_and_estimated_tokens(
     assert event.error_type.value == error_type
     assert (event.usage.input, event.usage.output) == (PROMPT, 2)
     assert event.token_source.value == "estimated"
-    labels = {"model": model, "backend": "mock", "provider": "mock", "key": "anonymous"}
+    labels = {
+        "model": model,
+        "backend": "mock",
+        "provider": "mock",
+        "key": "anonymous",
+        "team": "none",
+    }
     assert mock_gateway.metric("llm_tokens_total", **labels, type="output", source="estimated") == 2
 
 
@@ -97,6 +103,7 @@ def test_client_disconnect_cancels_stream_and_records_tokens_so_far(
             backend="mock",
             provider="mock",
             key="anonymous",
+            team="none",
             outcome="cancelled",
             status_class="2xx",
         )

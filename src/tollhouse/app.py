@@ -9,6 +9,8 @@ Resources are opened in ``lifespan`` and closed in reverse order by one
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -17,16 +19,30 @@ from prometheus_client import CollectorRegistry
 
 from tollhouse.accesslog import AccessLog
 from tollhouse.accounting.event import Sink
+from tollhouse.accounting.ledger import LedgerWriter
 from tollhouse.accounting.pricing import PriceBook
 from tollhouse.config.schema import Config
 from tollhouse.errors import GatewayError, RouteNotFound
+from tollhouse.identity.auth import Authenticator
+from tollhouse.identity.directory import StoreDirectory, budget_rules_of, rate_rules_of
+from tollhouse.identity.principal import BudgetRule
+from tollhouse.limits.admission import Admission
+from tollhouse.limits.base import LimitsBackend
+from tollhouse.limits.memory import MemoryLimits
+from tollhouse.limits.recovery import recover_spend
+from tollhouse.limits.redis import RedisLimits
 from tollhouse.metrics.recorder import MetricsRecorder
 from tollhouse.metrics.registry import Metrics
+from tollhouse.metrics.snapshot import LimitsSnapshot
 from tollhouse.proxy import routes
 from tollhouse.proxy.asgi import request_id
 from tollhouse.proxy.gateway import Gateway
 from tollhouse.proxy.responses import send_error
 from tollhouse.routing.router import Router
+from tollhouse.store.engine import Store
+from tollhouse.store.ledger import LedgerRepo
+from tollhouse.store.migrate import migrate
+from tollhouse.store.repos import Keys, Teams, Users
 
 log = logging.getLogger("tollhouse")
 
@@ -44,6 +60,8 @@ class App:
     ) -> None:
         self.config = config
         self.metrics = Metrics(registry)
+        self.snapshot = LimitsSnapshot(None)
+        self.metrics.registry.register(self.snapshot)
         self.prices = PriceBook()
         self._environ = environ
         self._extra_sinks = list(extra_sinks or [])
@@ -51,14 +69,38 @@ class App:
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[Gateway]:
+        """Open every resource in order; close them in reverse (the ledger flushes last)."""
+        config = self.config
         async with AsyncExitStack() as stack:
-            router = Router(self.config, self.prices, self._environ)  # pools need the loop
+            router = Router(config, self.prices, self._environ)  # pools need the loop
             stack.push_async_callback(router.aclose)
-            sinks: list[Sink] = [MetricsRecorder(self.metrics)]
-            if self.config.server.access_log:
-                sinks.append(AccessLog())
-            sinks.extend(self._extra_sinks)
-            gw = Gateway.build(self.config, router, self.prices, self.metrics, sinks)
+            store = Store(config.store.url)
+            stack.push_async_callback(store.aclose)
+            if config.store.migrate_on_start:
+                await migrate(config.store.url)
+            ledger = LedgerWriter(LedgerRepo(store.engine), config.ledger)
+            await ledger.start()
+            stack.push_async_callback(ledger.stop)
+            backend = self._limits_backend()
+            stack.push_async_callback(backend.aclose)
+            admission = Admission(backend, config)
+            await recover_spend(backend, LedgerRepo(store.engine),
+                                await self._budget_rules(store, admission), time.time())  # fmt: skip
+            await admission.start()
+            stack.push_async_callback(admission.stop)  # settles drain before the store closes
+            self.snapshot.attach(backend, ledger)
+            admin_key = self._env().get(config.auth.admin_key_env or "") or None
+            directory = StoreDirectory(
+                Keys(store.engine), Teams(store.engine), Users(store.engine), admin_key
+            )
+            auth = Authenticator(
+                directory, required=config.auth.required, cache_ttl=config.auth.cache_ttl
+            )
+            gw = Gateway.build(config, router, self.prices, self.metrics,
+                               self._sinks(ledger), auth, admission, self.snapshot)  # fmt: skip
+            if config.limits.init_gauges:
+                rules = await self._budget_rules(store, admission)
+                self.snapshot.track(rules, await rate_rules_of(store))
             self.gateway = gw
             gw.ready = True
             try:
@@ -66,6 +108,24 @@ class App:
             finally:
                 gw.ready = False
                 self.gateway = None
+
+    def _env(self) -> Mapping[str, str]:
+        return os.environ if self._environ is None else self._environ
+
+    def _limits_backend(self) -> LimitsBackend:
+        limits = self.config.limits
+        if limits.backend == "redis":
+            return RedisLimits(limits.redis_url, limits.redis_prefix)
+        return MemoryLimits()
+
+    def _sinks(self, ledger: LedgerWriter) -> list[Sink]:
+        sinks: list[Sink] = [MetricsRecorder(self.metrics), ledger]
+        if self.config.server.access_log:
+            sinks.append(AccessLog())
+        return sinks + self._extra_sinks
+
+    async def _budget_rules(self, store: Store, admission: Admission) -> list[BudgetRule]:
+        return [*admission.config_budgets, *await budget_rules_of(store)]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]

@@ -35,6 +35,8 @@ class ErrorType(StrEnum):
     CANCELLED = "cancelled"
     NOT_FOUND = "not_found"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    PERMISSION = "permission_denied"
+    BUDGET = "budget_exceeded"
     UNKNOWN = "unknown"
 
 
@@ -114,6 +116,53 @@ class PayloadTooLarge(GatewayError):
     type = "invalid_request_error"
     code = "request_too_large"
     error_type = ErrorType.PAYLOAD_TOO_LARGE
+
+
+class Unauthorized(GatewayError):
+    """401: no key, an unknown key, an expired key or a blocked key (``code`` says which)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    error_type = ErrorType.AUTH
+
+    def __init__(self, message: str, *, code: str = "invalid_api_key") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ModelNotAllowed(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+    error_type = ErrorType.PERMISSION
+
+
+class Rejected(GatewayError):
+    """429 from the gateway's own admission: a budget or a rate limit had no room.
+
+    ``reason`` ("budget" or "rate_limit") and ``scope`` ("key", "team", ...) feed the
+    rejection counter; ``Retry-After`` says when the window resets.
+    """
+
+    status = 429
+
+    def __init__(self, message: str, *, reason: str, scope: str, retry_after: float | None) -> None:
+        headers = (
+            {} if retry_after is None else {"retry-after": str(max(1, int(retry_after + 0.999)))}
+        )
+        super().__init__(message, headers=headers)
+        self.reason = reason
+        self.scope = scope
+        if reason == "budget":
+            self.type, self.code, self.error_type = (
+                "insufficient_quota",
+                "budget_exceeded",
+                ErrorType.BUDGET,
+            )
+        else:
+            self.type, self.code = "rate_limit_error", "rate_limit_exceeded"
+            self.error_type = ErrorType.RATE_LIMIT
 
 
 class UpstreamFailed(GatewayError):

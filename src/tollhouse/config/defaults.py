@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 DEFAULT_CONFIG: dict[str, Any] = {
+    # Open by default so the first request works with no key; any key created with
+    # `tollhouse keys create` is still recognised and its budgets and limits apply.
+    "auth": {"required": False},
     "backends": [
         {
             "name": "mock",

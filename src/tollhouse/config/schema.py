@@ -53,6 +53,7 @@ class BackendConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_connections: int = Field(default=1000, ge=1)
+    http_client: Literal["h1", "aiohttp"] = "h1"
     stream_usage: bool = True
     default_max_tokens: int = Field(default=4096, ge=1)
     prices: Prices | None = None

@@ -47,12 +47,13 @@ class MetricSpec:
     help: str
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] | None = None
+    scrape_time: bool = False  # computed from a snapshot when scraped, not updated per request
 
 
 REQUESTS = MetricSpec(
     "llm_requests_total", "counter",
     "Client requests, one per request whatever its fate (rejections included).",
-    (*TRAFFIC, "key", "outcome", "status_class"),
+    (*TRAFFIC, "key", "team", "outcome", "status_class"),
 )  # fmt: skip
 REQUEST_DURATION = MetricSpec(
     "llm_request_duration_seconds", "histogram",
@@ -84,12 +85,12 @@ TOKENS = MetricSpec(
     "Tokens by type (input, output, cached_input, cache_write_input, reasoning) and source "
     "(reported by the provider, or estimated by the gateway when none was reported). "
     "cached_input and cache_write_input are parts of input; reasoning is part of output.",
-    (*TRAFFIC, "key", "type", "source"),
+    (*TRAFFIC, "key", "team", "type", "source"),
 )  # fmt: skip
 COST = MetricSpec(
     "llm_cost_usd_total", "counter",
     "Cost in US dollars, computed exactly (Decimal) per request from the model's price.",
-    (*TRAFFIC, "key"),
+    (*TRAFFIC, "key", "team"),
 )  # fmt: skip
 UNPRICED = MetricSpec(
     "llm_unpriced_requests_total", "counter",
@@ -127,9 +128,73 @@ SINK_ERRORS = MetricSpec(
     ("sink",),
 )  # fmt: skip
 
+REJECTIONS = MetricSpec(
+    "llm_rejections_total", "counter",
+    "Requests the gateway refused before calling a provider: reason is auth, permission, "
+    "budget or rate_limit; scope is what refused (key, key_model, team, user, end_user, "
+    "backend, provider, or none).",
+    ("reason", "scope"),
+)  # fmt: skip
+BUDGET_LABELS = ("scope", "entity", "period")
+BUDGET_LIMIT = MetricSpec(
+    "llm_budget_limit_usd", "gauge", "The budget's cap in USD for its current period.",
+    BUDGET_LABELS, scrape_time=True,
+)  # fmt: skip
+BUDGET_SOFT_LIMIT = MetricSpec(
+    "llm_budget_soft_limit_usd", "gauge",
+    "The budget's soft limit (alert threshold) in USD, for budgets that set one.",
+    BUDGET_LABELS, scrape_time=True,
+)  # fmt: skip
+BUDGET_SPEND = MetricSpec(
+    "llm_budget_spend_usd", "gauge",
+    "Spend settled against the budget in its current period, in USD.",
+    BUDGET_LABELS, scrape_time=True,
+)  # fmt: skip
+BUDGET_RESERVED = MetricSpec(
+    "llm_budget_reserved_usd", "gauge",
+    "Worst-case cost reserved by requests in flight against the budget, in USD.",
+    BUDGET_LABELS, scrape_time=True,
+)  # fmt: skip
+BUDGET_REMAINING = MetricSpec(
+    "llm_budget_remaining_usd", "gauge",
+    "Limit minus spend minus reservations, in USD (never below zero).",
+    BUDGET_LABELS, scrape_time=True,
+)  # fmt: skip
+BUDGET_RESET = MetricSpec(
+    "llm_budget_reset_seconds", "gauge", "Seconds until the budget's period ends and it resets.",
+    BUDGET_LABELS, scrape_time=True,
+)  # fmt: skip
+RATE_LABELS = ("scope", "entity", "kind")
+RATE_LIMIT = MetricSpec(
+    "llm_ratelimit_limit", "gauge",
+    "A gateway rate limit per minute: kind is requests or tokens.",
+    RATE_LABELS, scrape_time=True,
+)  # fmt: skip
+RATE_REMAINING = MetricSpec(
+    "llm_ratelimit_remaining", "gauge",
+    "What remains of a gateway rate limit in the current minute.",
+    RATE_LABELS, scrape_time=True,
+)  # fmt: skip
+LEDGER_BACKLOG = MetricSpec(
+    "tollhouse_ledger_backlog", "gauge",
+    "Usage rows waiting to be written to the spend ledger; grows while the store is down.",
+    scrape_time=True,
+)  # fmt: skip
+LEDGER_WRITTEN = MetricSpec(
+    "tollhouse_ledger_rows_written_total", "counter", "Rows written to the spend ledger.",
+    scrape_time=True,
+)  # fmt: skip
+LEDGER_ERRORS = MetricSpec(
+    "tollhouse_ledger_write_errors_total", "counter",
+    "Failed ledger batch writes (each batch is retried; no row is dropped).",
+    scrape_time=True,
+)  # fmt: skip
+
 CATALOG: tuple[MetricSpec, ...] = (
     REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, OVERHEAD, TTFT, TPOT, TOKENS, COST,
     UNPRICED, ERRORS, IN_FLIGHT, RATELIMIT_REQUESTS, RATELIMIT_TOKENS, BUILD_INFO, SINK_ERRORS,
+    REJECTIONS, BUDGET_LIMIT, BUDGET_SOFT_LIMIT, BUDGET_SPEND, BUDGET_RESERVED, BUDGET_REMAINING,
+    BUDGET_RESET, RATE_LIMIT, RATE_REMAINING, LEDGER_BACKLOG, LEDGER_WRITTEN, LEDGER_ERRORS,
 )  # fmt: skip
 
 

@@ -36,7 +36,7 @@ class MetricsRecorder:
         m, child = self._m, self._child
         traffic = (event.model, event.backend, event.provider)
         outcome, stream = event.outcome.value, "true" if event.stream else "false"
-        child(m.requests, *traffic, event.key, outcome, event.status_class).inc()
+        child(m.requests, *traffic, event.key, event.team, outcome, event.status_class).inc()
         child(m.request_duration, *traffic, outcome, stream).observe(event.duration)
         child(m.overhead, stream).observe(event.overhead)
         if event.upstream_duration is not None:
@@ -65,9 +65,9 @@ class MetricsRecorder:
         for kind in _TOKEN_TYPES:
             count = getattr(usage, kind)
             if count:
-                child(m.tokens, *traffic, event.key, kind, source).inc(count)
+                child(m.tokens, *traffic, event.key, event.team, kind, source).inc(count)
         if event.cost is not None:
             if event.cost:
-                child(m.cost, *traffic, event.key).inc(float(event.cost))
+                child(m.cost, *traffic, event.key, event.team).inc(float(event.cost))
         elif usage.input or usage.output:
             child(m.unpriced, *traffic).inc()

@@ -46,4 +46,5 @@ class Metrics:
         self.ratelimit_tokens: Gauge = build(c.RATELIMIT_TOKENS, r)
         self.build_info: Gauge = build(c.BUILD_INFO, r)
         self.sink_errors: Counter = build(c.SINK_ERRORS, r)
+        self.rejections: Counter = build(c.REJECTIONS, r)
         self.build_info.labels(__version__, platform.python_version()).set(1)

@@ -79,6 +79,7 @@ class HttpTransport:
             read_bufsize=_READ_BUFSIZE,
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
+            trust_env=True,  # honour HTTP(S)_PROXY: the reason to pick this client
         )
         self._whole = aiohttp.ClientTimeout(total=timeouts.read, connect=timeouts.connect)
         self._stream = aiohttp.ClientTimeout(

@@ -32,6 +32,9 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     params = validate.chat(body)
     ctx.stream = params.stream
     dep = gw.route(ctx, params.model)
+    ctx.end_user = params.end_user
+    out_cap = params.max_tokens or gw.config.limits.reserve_output_tokens
+    await gw.admit(ctx, estimate_prompt_tokens(params.messages), out_cap)
     request = dep.adapter.chat_request(body, dep.target, stream=params.stream)
     request.headers["x-request-id"] = ctx.request_id
     if not params.stream:

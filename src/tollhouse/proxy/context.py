@@ -15,6 +15,8 @@ from tollhouse.accounting.event import NONE, Outcome, TokenSource, UsageEvent
 from tollhouse.accounting.pricing import PriceBook, cost
 from tollhouse.accounting.usage import ZERO_USAGE, Usage
 from tollhouse.errors import ErrorType, GatewayError
+from tollhouse.identity.principal import ANONYMOUS, Principal
+from tollhouse.limits.admission import Ticket
 from tollhouse.providers.base import RateLimitInfo
 from tollhouse.routing.router import Deployment
 
@@ -38,7 +40,9 @@ class RequestContext:
     upstream_duration: float | None = None
     ttft: float | None = None
     ratelimit: RateLimitInfo | None = None
-    key: str = "anonymous"
+    principal: Principal = ANONYMOUS
+    end_user: str | None = None
+    ticket: Ticket | None = None
 
     @classmethod
     def begin(cls, request_id: str, operation: str) -> RequestContext:
@@ -79,10 +83,10 @@ class RequestContext:
             backend=dep.target.backend if dep else NONE,
             provider=dep.target.provider if dep else NONE,
             upstream_model=dep.target.upstream_model if dep else NONE,
-            key=self.key,
-            team=NONE,
-            user=NONE,
-            end_user=NONE,
+            key=self.principal.key,
+            team=self.principal.team,
+            user=self.principal.user,
+            end_user=self.end_user or NONE,
             stream=self.stream,
             outcome=self.outcome,
             status=self.status,

@@ -18,6 +18,9 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     body = parse_json(await read_body(scope, receive, gw.config.server.max_body_bytes))
     model, value = validate.embeddings(body)
     dep = gw.route(ctx, model)
+    user = body.get("user")
+    ctx.end_user = user if isinstance(user, str) and user else None
+    await gw.admit(ctx, estimate_input_tokens(value), 0)
     request = dep.adapter.embeddings_request(body, dep.target)
     request.headers["x-request-id"] = ctx.request_id
     payload = await call_upstream(ctx, request)

@@ -12,11 +12,14 @@ OVERHEAD_HEADER = b"x-tollhouse-overhead-ms"
 
 
 def response_headers(ctx: RequestContext) -> Headers:
-    """``x-request-id`` and the gateway's own time so far, on every response."""
-    return [
+    """``x-request-id``, the gateway's own time so far, and the caller's rate limits."""
+    headers = [
         (b"x-request-id", ctx.request_id.encode()),
         (OVERHEAD_HEADER, f"{ctx.overhead_so_far() * 1000:.3f}".encode()),
     ]
+    if ctx.ticket is not None:
+        headers += ctx.ticket.headers
+    return headers
 
 
 async def call_upstream(ctx: RequestContext, request: UpstreamRequest) -> bytes:

@@ -42,11 +42,13 @@ async def proxied(
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed on {scope['path']}")
+            ctx.principal = await gw.auth.authenticate(scope["headers"])
             await handler(gw, ctx, scope, receive, send)
         except UpstreamError as err:
             raise UpstreamFailed.from_upstream(err) from err
     except GatewayError as err:
         ctx.fail(err)
+        gw.rejected(err)
         await send_error(send, err, response_headers(ctx))
     finally:
         gw.done(ctx)
@@ -73,5 +75,6 @@ async def health(gw: Gateway, send: Any, ready_check: bool) -> None:
 
 async def metrics(gw: Gateway, scope: Scope, send: Any) -> None:
     accept = (header(scope, b"accept") or b"").decode("latin-1")
+    await gw.snapshot.refresh()
     body, content_type = await render(gw.metrics.registry, accept)
     await send_bytes(send, 200, body, [], content_type.encode())

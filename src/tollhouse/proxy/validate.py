@@ -18,6 +18,8 @@ class ChatParams:
     stream: bool
     wants_usage: bool
     messages: list[Any]
+    max_tokens: int | None
+    end_user: str | None
 
 
 def _object(body: Any) -> dict[str, Any]:
@@ -65,7 +67,11 @@ def chat(body: Any) -> ChatParams:
     wants_usage = bool(options and options.get("include_usage") is True)
     _positive_int(body, "max_tokens")
     _positive_int(body, "max_completion_tokens")
-    return ChatParams(model, stream, wants_usage, messages)
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise BadRequest("'user' must be a string", param="user")
+    return ChatParams(model, stream, wants_usage, messages, cap, user or None)
 
 
 def embeddings(body: Any) -> tuple[str, Any]:

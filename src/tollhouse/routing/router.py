@@ -15,6 +15,7 @@ from tollhouse.config.schema import BackendConfig, Config
 from tollhouse.errors import ModelNotFound
 from tollhouse.providers.anthropic import AnthropicAdapter
 from tollhouse.providers.base import Adapter, Target, Transport
+from tollhouse.providers.h1 import H1Transport
 from tollhouse.providers.http import HttpTransport
 from tollhouse.providers.mock import MockTransport
 from tollhouse.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
@@ -38,9 +39,13 @@ def make_adapter(backend: BackendConfig) -> Adapter:
 
 
 def make_transport(backend: BackendConfig) -> Transport:
+    """The lean HTTP/1.1 client by default (measured: about half aiohttp's time per call);
+    aiohttp where its features are needed (HTTP(S)_PROXY, HTTP/1.1 extras)."""
     if backend.provider == "mock":
         return MockTransport(backend.timeouts)
-    return HttpTransport(backend.timeouts, backend.max_connections)
+    if backend.http_client == "aiohttp":
+        return HttpTransport(backend.timeouts, backend.max_connections)
+    return H1Transport(backend.timeouts, backend.max_connections)
 
 
 def make_target(backend: BackendConfig, upstream_model: str, environ: Mapping[str, str]) -> Target:

@@ -1,0 +1,229 @@
+"""The ledger writer: every UsageEvent becomes one durable row, off the request path.
+
+The sink only appends a row dict to an in-memory queue (O(1), no I/O, no
+await). A background task owned by the app's lifespan writes the queue in
+batches, each one multi-row INSERT in one transaction, so the database sees a
+few statements per second however many requests there are.
+
+Rows are never dropped on a database error: the failed batch stays at the head
+of the queue and is retried every ``retry_interval`` until it is written, while
+new rows keep queueing behind it (``backlog`` shows the growth). Loss is
+bounded to rows still queued when the process is killed, or when ``stop``'s
+final timeout expires with the database still unreachable; ``stop`` logs that
+count. A commit whose acknowledgement is lost (connection dropped after the
+database committed) is retried too, so such a batch can be written twice:
+the ledger is at-least-once, and ``request_id`` identifies a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from tollhouse.accounting.event import UsageEvent
+from tollhouse.config.schema import LedgerConfig
+from tollhouse.store.ledger import LedgerRepo
+
+log = logging.getLogger("tollhouse.ledger")
+
+_BIGINT_MAX = 2**63 - 1
+
+
+def cost_to_pusd(cost: Decimal | None) -> int | None:
+    """USD to integer pico-USD, half to even; exact for prices with <= 6 decimals per 1M tokens."""
+    if cost is None:
+        return None
+    return int(cost.scaleb(12).to_integral_value(ROUND_HALF_EVEN))
+
+
+def event_row(event: UsageEvent) -> dict[str, Any]:
+    """The ledger row for ``event`` (keys are ``tables.LEDGER_COLUMNS``).
+
+    Values are made storable here, once, because a row the database refuses
+    would block every batch behind it: text loses NUL characters and lone
+    surrogates (PostgreSQL rejects both; ``end_user`` comes from the client),
+    integers are clamped to BIGINT.
+    """
+    usage = event.usage
+    cost = cost_to_pusd(event.cost)
+    return {
+        "request_id": _text(event.request_id),
+        "ts": datetime.fromtimestamp(event.started_at, UTC),
+        "operation": _text(event.operation),
+        "key_alias": _text(event.key),
+        "team": _text(event.team),
+        "user": _text(event.user),
+        "end_user": _text(event.end_user),
+        "model": _text(event.model),
+        "backend": _text(event.backend),
+        "provider": _text(event.provider),
+        "upstream_model": _text(event.upstream_model),
+        "stream": event.stream,
+        "outcome": event.outcome.value,
+        "status": event.status,
+        "error_type": None if event.error_type is None else event.error_type.value,
+        "input_tokens": _bigint(usage.input),
+        "output_tokens": _bigint(usage.output),
+        "cached_input_tokens": _bigint(usage.cached_input),
+        "cache_write_input_tokens": _bigint(usage.cache_write_input),
+        "reasoning_tokens": _bigint(usage.reasoning),
+        "token_source": event.token_source.value,
+        "cost_pusd": None if cost is None else _bigint(cost),
+        "price_source": None if event.price_source is None else _text(event.price_source),
+        "duration_ms": event.duration * 1000.0,
+        "upstream_ms": _ms(event.upstream_duration),
+        "ttft_ms": _ms(event.ttft),
+    }
+
+
+def _text(value: str) -> str:
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become "?"
+    return value
+
+
+def _bigint(value: int) -> int:
+    return max(-_BIGINT_MAX, min(value, _BIGINT_MAX))
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def _describe(err: Exception) -> str:
+    """The driver's own message, without the SQL (or parameters) SQLAlchemy appends."""
+    cause: BaseException = err
+    if isinstance(err, sa.exc.DBAPIError) and err.orig is not None:
+        cause = err.orig
+    lines = str(cause).splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+class LedgerWriter:
+    """A sink that queues one row per event and a task that writes them in batches.
+
+    ``backlog``, ``written_total`` and ``write_errors_total`` are plain ints
+    for the metrics layer to read at scrape time.
+    """
+
+    name = "ledger"
+
+    def __init__(self, ledger: LedgerRepo, config: LedgerConfig | None = None) -> None:
+        config = config or LedgerConfig()
+        self._ledger = ledger
+        self._batch_size = config.batch_size
+        self._flush_interval = config.flush_interval
+        self._retry_interval = config.retry_interval
+        self._queue: deque[dict[str, Any]] = deque()
+        self._wake = asyncio.Event()  # set when a full batch is waiting, or on stop
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.written_total = 0
+        self.write_errors_total = 0
+
+    @property
+    def backlog(self) -> int:
+        """Rows queued and not yet written."""
+        return len(self._queue)
+
+    def __call__(self, event: UsageEvent) -> None:
+        """The sink: queue the row, wake the writer once a batch is full. Never awaits."""
+        self._queue.append(event_row(event))
+        if len(self._queue) >= self._batch_size:
+            self._wake.set()
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("the ledger writer is already running")
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    # The timeout is the writer's own: when it runs out, stop cancels, counts and logs the loss.
+    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Write every queued row, retrying failures for up to ``timeout`` seconds.
+
+        Rows still queued when the timeout expires are logged as lost and stay
+        in ``backlog`` (a later ``start`` would write them).
+        """
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        except asyncio.CancelledError:
+            task.cancel()  # stop() itself was cancelled: leave no writer running unowned
+            raise
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
+            log.error(
+                "ledger_rows_lost rows=%d timeout=%s: the database stayed unreachable "
+                "while stopping; these usage rows were not written",
+                self.backlog,
+                timeout,
+            )
+        else:
+            task.result()  # re-raise what stopped the writer, if anything did (a bug)
+
+    async def _run(self) -> None:
+        """Full batches go as soon as they fill; everything goes every ``flush_interval``."""
+        loop = asyncio.get_running_loop()
+        flush_at = loop.time() + self._flush_interval
+        while True:
+            if not self._stopping:
+                await self._wait_for_batch(flush_at - loop.time())
+            everything = self._stopping or loop.time() >= flush_at
+            await self._write_queued(everything)
+            if everything:
+                if self._stopping:
+                    return  # _write_queued(everything=True) only returns with the queue empty
+                flush_at = loop.time() + self._flush_interval
+
+    async def _wait_for_batch(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if a full batch is waiting or stop() is called."""
+        self._wake.clear()
+        if seconds <= 0 or len(self._queue) >= self._batch_size:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
+    async def _write_queued(self, everything: bool) -> None:
+        """Write full batches (and the partial tail if ``everything``); retry, never drop.
+
+        A failed batch stays at the head of the queue, so rows are written in order.
+        """
+        failures = 0
+        while len(self._queue) >= (1 if everything else self._batch_size):
+            batch = list(itertools.islice(self._queue, self._batch_size))
+            try:
+                await self._ledger.insert(batch)
+            except Exception as err:  # any failure: keep the rows, report, retry
+                failures += 1
+                self.write_errors_total += 1
+                log.warning(
+                    "ledger_write_failed rows=%d backlog=%d attempt=%d retry_in=%s error=%s",
+                    len(batch), self.backlog, failures, self._retry_interval, _describe(err),
+                )  # fmt: skip
+                await asyncio.sleep(self._retry_interval)
+                continue
+            for _ in batch:
+                self._queue.popleft()
+            self.written_total += len(batch)
+            if failures:
+                log.info(
+                    "ledger_write_recovered attempts=%d backlog=%d", failures + 1, self.backlog
+                )
+                failures = 0

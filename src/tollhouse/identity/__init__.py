@@ -1,0 +1,1 @@
+"""Identity: virtual keys (stored hashed), teams, users, and the admin principal."""

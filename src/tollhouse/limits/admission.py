@@ -1,0 +1,139 @@
+"""Admission at the gate: reserve the worst case before the call, settle after it.
+
+``Admission.admit`` collects the rules that apply to a request (the caller's
+key, team and user; the end user; the backend and its provider), reserves the
+worst-case cost and token count against all of them in one atomic backend
+call, and either returns a ``Ticket`` or raises ``Rejected`` (429).
+``Admission.settle`` hands the real numbers back when the request's
+UsageEvent exists; settlements are applied in the background, in order, and
+drained on shutdown so no reservation is left hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from tollhouse.accounting.event import UsageEvent
+from tollhouse.config.schema import Config
+from tollhouse.identity.principal import BudgetRule, Principal, RateRule
+from tollhouse.limits.base import Admitted, LimitsBackend, Settlement
+from tollhouse.limits.policy import Plan, nano_usd, plan, rate_headers, rejection
+
+log = logging.getLogger("tollhouse.limits")
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    plan: Plan
+    admitted: Admitted
+    headers: list[tuple[bytes, bytes]]
+
+
+class Admission:
+    def __init__(
+        self, backend: LimitsBackend, config: Config, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.backend = backend
+        self._clock = clock
+        self._by_backend: dict[str, list[BudgetRule]] = {}
+        self._by_provider: dict[str, list[BudgetRule]] = {}
+        self._end_user: BudgetRule | None = None
+        for b in config.budgets:
+            rule = BudgetRule(b.scope, b.name or "*", nano_usd(b.max_usd), b.period,
+                              nano_usd(b.soft_usd) if b.soft_usd is not None else None)  # fmt: skip
+            if b.scope == "backend":
+                self._by_backend.setdefault(rule.entity, []).append(rule)
+            elif b.scope == "provider":
+                self._by_provider.setdefault(rule.entity, []).append(rule)
+            else:
+                self._end_user = rule
+        self._rates: dict[str, list[RateRule]] = {}
+        for r in config.rate_limits:
+            rules = self._rates.setdefault(r.name, [])
+            rules += [RateRule("backend", r.name, "rpm", r.rpm)] if r.rpm else []
+            rules += [RateRule("backend", r.name, "tpm", r.tpm)] if r.tpm else []
+        self.config_budgets: tuple[BudgetRule, ...] = tuple(
+            rule
+            for rules in (*self._by_backend.values(), *self._by_provider.values())
+            for rule in rules
+        )
+        self._queue: asyncio.Queue[tuple[Admitted, Settlement] | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    def rules(
+        self, who: Principal, model: str, backend: str, provider: str, end_user: str | None
+    ) -> tuple[list[BudgetRule], list[RateRule]]:
+        budgets = [
+            *who.budgets,
+            *self._by_backend.get(backend, ()),
+            *self._by_provider.get(provider, ()),
+        ]
+        if end_user is not None and self._end_user is not None:
+            d = self._end_user
+            budgets.append(BudgetRule("end_user", end_user, d.limit, d.period, d.soft))
+        rates = [r for r in who.rates if r.model is None or r.model == model]
+        rates += self._rates.get(backend, ())
+        return budgets, rates
+
+    async def admit(
+        self,
+        who: Principal,
+        *,
+        model: str,
+        backend: str,
+        provider: str,
+        end_user: str | None,
+        worst_cost: Decimal,
+        worst_tokens: int,
+    ) -> Ticket | None:
+        """Reserve, or raise ``Rejected``. ``None`` when no rule applies (nothing to settle)."""
+        budgets, rates = self.rules(who, model, backend, provider, end_user)
+        if not budgets and not rates:
+            return None
+        now = self._clock()
+        p = plan(budgets, rates, cost=nano_usd(worst_cost), tokens=worst_tokens, now=now)
+        result = await self.backend.admit(p.budgets, p.rates)
+        if not isinstance(result, Admitted):
+            raise rejection(p, result, now)
+        return Ticket(p, result, rate_headers(p, result, now))
+
+    def settle(self, ticket: Ticket, event: UsageEvent) -> None:
+        """Queue the real cost and tokens of a finished request (never blocks the caller)."""
+        tokens = event.usage.input + event.usage.output
+        amounts = [1 if rule.kind == "rpm" else tokens for rule in ticket.plan.rate_rules]
+        cost = nano_usd(event.cost) if event.cost is not None else 0
+        self._queue.put_nowait((ticket.admitted, Settlement(cost, amounts)))
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._run(), name="tollhouse-settle")
+
+    async def stop(self) -> None:
+        """Apply every queued settlement, then stop the worker."""
+        if self._worker is None:
+            return
+        self._queue.put_nowait(None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        self._worker = None
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            admitted, outcome = item
+            for attempt in range(5):
+                try:
+                    await self.backend.settle(admitted, outcome)
+                    break
+                except Exception as err:  # a shared store hiccup must not lose the settlement
+                    log.warning(
+                        "settle_failed attempt=%d error=%s", attempt + 1, type(err).__name__
+                    )
+                    await asyncio.sleep(0.2 * (attempt + 1))

@@ -1,0 +1,114 @@
+"""Opening the database: one async engine per process, SQLite or PostgreSQL.
+
+The same SQLAlchemy Core code runs on both; only connection setup differs.
+SQLite gets WAL (readers never block the ledger writer) and a busy timeout
+(a writer waits for another instead of failing at once), set on every new
+connection because SQLite pragmas are per connection. SQLite also gets real
+transactions: the driver's default defers ``BEGIN`` until the first DML
+statement, which would leave DDL (a half-applied migration) outside them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tollhouse.store.ledger import LedgerRepo
+from tollhouse.store.repos import EndUsers, Keys, Teams, Users
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+# A URL without an async driver gets the one tollhouse ships with.
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """``sqlite:///x.db`` and ``postgres(ql)://…`` mean the async drivers tollhouse ships with."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgres":  # the spelling libpq and many hosting providers use
+        parsed = parsed.set(drivername="postgresql")
+    return parsed.set(drivername=_ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername))
+
+
+def is_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+
+
+def create_engine(url: str | URL) -> AsyncEngine:
+    """An async engine for ``url``; a relative SQLite path is relative to the working directory.
+
+    The directory of a SQLite file is created if missing, so ``sqlite:///data/x.db``
+    works on a fresh machine. Bound parameters are kept out of error messages:
+    they are usage data and do not belong in logs.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+    if is_sqlite_file(parsed):
+        assert parsed.database is not None
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(parsed, hide_parameters=True)
+    sa.event.listen(engine.sync_engine, "connect", _configure_sqlite)
+    sa.event.listen(engine.sync_engine, "begin", _begin_sqlite)
+    return engine
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (_begin_sqlite)
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")  # SQLite ignores REFERENCES without it
+    finally:
+        cursor.close()
+
+
+def _begin_sqlite(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+class Store:
+    """The engine and the repositories over it; opened and closed by the app's lifespan."""
+
+    def __init__(self, url: str | URL) -> None:
+        self.url = normalize_url(url)
+        self.engine = create_engine(self.url)
+        self.teams = Teams(self.engine)
+        self.users = Users(self.engine)
+        self.keys = Keys(self.engine)
+        self.end_users = EndUsers(self.engine)
+        self.ledger = LedgerRepo(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self.engine.dialect.name
+
+    async def ping(self) -> float:
+        """Seconds for one ``SELECT 1`` round trip (including taking a pooled connection)."""
+        start = time.perf_counter()
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        return time.perf_counter() - start
+
+    async def aclose(self) -> None:
+        """Close every pooled connection (SQLite's connection threads included)."""
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
