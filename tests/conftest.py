@@ -8,10 +8,13 @@ production) in a background thread, so tests drive it with real HTTP clients
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -107,6 +110,7 @@ def run_gateway(
     raw_config: dict[str, Any],
     environ: dict[str, str] | None = None,
     extra_sinks: list[Callable[[UsageEvent], None]] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> Iterator[RunningGateway]:
     with tempfile.TemporaryDirectory(prefix="tollhouse-test-") as tmp:
         raw = {"auth": {"required": False}, **raw_config}
@@ -115,7 +119,8 @@ def run_gateway(
         registry = CollectorRegistry()
         events: list[UsageEvent] = []
         sinks = [events.append, *(extra_sinks or [])]
-        app = App(config, registry=registry, environ=environ or {}, extra_sinks=sinks)
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+        app = App(config, registry=registry, environ=environ or {}, extra_sinks=sinks, **extra)
         with serve_app(app) as url:
             yield RunningGateway(app, url, registry, events)
 
@@ -157,3 +162,88 @@ def mock_gateway() -> Iterator[RunningGateway]:
 
 
 GatewayFactory = Callable[..., Any]
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    box: list[Any] = []
+
+    def target() -> None:
+        box.append(asyncio.run(coro))
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    return box[0] if box else None
+
+
+def postgres_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def redis_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def _pg(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    need(postgres_available(), "PostgreSQL is not reachable at 127.0.0.1:5432")
+    name = f"tollhouse_t_{uuid.uuid4().hex[:12]}"
+    run_sync(_pg(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        run_sync(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """The same tests against the embedded SQLite store and against PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/store.db"
+        return
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def limits_config(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The same tests with counters in process memory and in Redis."""
+    if request.param == "memory":
+        yield {"backend": "memory"}
+        return
+    need(redis_available(), "Redis is not reachable at 127.0.0.1:6379")
+    prefix = f"tollhouse-test-{uuid.uuid4().hex[:8]}:"
+    yield {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0", "redis_prefix": prefix}
+
+    async def cleanup() -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+        try:
+            keys = [k async for k in client.scan_iter(match=prefix + "*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+    run_sync(cleanup())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -57,10 +57,12 @@ class App:
         registry: CollectorRegistry | None = None,
         environ: Mapping[str, str] | None = None,
         extra_sinks: list[Sink] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.metrics = Metrics(registry)
-        self.snapshot = LimitsSnapshot(None)
+        self._clock = clock  # wall clock for budget and rate windows (tests move it)
+        self.snapshot = LimitsSnapshot(None, clock)
         self.metrics.registry.register(self.snapshot)
         self.prices = PriceBook()
         self._environ = environ
@@ -83,9 +85,9 @@ class App:
             stack.push_async_callback(ledger.stop)
             backend = self._limits_backend()
             stack.push_async_callback(backend.aclose)
-            admission = Admission(backend, config)
+            admission = Admission(backend, config, self._clock)
             await recover_spend(backend, LedgerRepo(store.engine),
-                                await self._budget_rules(store, admission), time.time())  # fmt: skip
+                                await self._budget_rules(store, admission), self._clock())  # fmt: skip
             await admission.start()
             stack.push_async_callback(admission.stop)  # settles drain before the store closes
             self.snapshot.attach(backend, ledger)

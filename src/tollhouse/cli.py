@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from tollhouse import __version__
+from tollhouse.cli_manage import add_commands
 from tollhouse.config import ConfigError, load_config
 
 
@@ -98,11 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and explain what is wrong")
     check.add_argument("file")
     check.set_defaults(func=_check)
+    add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "builder", None) is not None:
+        args.op = args.builder(args)
     result: int = args.func(args)
     return result
 

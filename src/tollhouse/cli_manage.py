@@ -1,0 +1,186 @@
+"""``tollhouse migrate`` and the key, team and user commands.
+
+They open the store named by the config (or ``--store URL``), run one
+operation through ``tollhouse.identity.manage`` (the same code the admin API
+uses) and print the result. A new key's secret is printed once; only its
+hash is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
+
+import orjson
+
+from tollhouse.config import ConfigError, load_config
+from tollhouse.identity.manage import LimitsInput, Manager
+from tollhouse.store.engine import Store
+from tollhouse.store.migrate import migrate
+from tollhouse.store.models import ApiKey, StoreError
+
+
+def _usd(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _limit_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-budget", type=_usd, help="spend cap in USD per budget period")
+    parser.add_argument("--soft-budget", type=_usd, help="alert threshold in USD")
+    parser.add_argument("--budget-period", help="hourly, daily, weekly, monthly or e.g. 30d")
+    parser.add_argument("--rpm", type=int, help="requests per minute")
+    parser.add_argument("--tpm", type=int, help="tokens per minute")
+
+
+def _limits(args: argparse.Namespace) -> LimitsInput:
+    return LimitsInput(args.max_budget, args.soft_budget, args.budget_period, args.rpm, args.tpm)
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    if args.store:
+        return str(args.store)
+    return load_config(args.config).store.url
+
+
+def _key_json(key: ApiKey) -> dict[str, object]:
+    return {
+        "alias": key.alias, "prefix": key.key_prefix, "team_id": key.team_id,
+        "user_id": key.user_id, "models": key.models, "blocked": key.blocked,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "max_budget_usd": str(Decimal(key.limits.max_budget_nusd) / 10**9)
+        if key.limits.max_budget_nusd is not None else None,
+        "budget_period": key.limits.budget_period, "rpm": key.limits.rpm, "tpm": key.limits.tpm,
+    }  # fmt: skip
+
+
+async def _run(args: argparse.Namespace, op: Callable[[Manager], Awaitable[object]]) -> object:
+    url = _store_url(args)
+    await migrate(url)
+    async with Store(url) as store:
+        return await op(Manager(store))
+
+
+def _print(value: object) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _command(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(_run(args, args.op))
+    except ConfigError as err:
+        print(f"{err.source}: invalid config: {'; '.join(err.problems)}", file=sys.stderr)
+        return 2
+    except (LookupError, ValueError, StoreError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if result is not None:
+        _print(result)
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> Callable[[Manager], Awaitable[object]]:
+    async def op(m: Manager) -> object:
+        new = await m.create_key(
+            args.alias, team=args.team, user=args.user,
+            models=args.models.split(",") if args.models else None,
+            limits=_limits(args), expires_in=args.expires_in,
+        )  # fmt: skip
+        return {
+            "secret": new.secret,
+            "note": "shown once; only its hash is stored",
+            **_key_json(new.key),
+        }
+
+    return op
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--config", help="config file (its store.url is used)")
+        p.add_argument("--store", help="store URL, overriding the config's")
+        p.set_defaults(func=_command)
+        return p
+
+    command("migrate", "create or upgrade the store's tables").set_defaults(op=_noop)
+    keys = sub.add_parser("keys", help="virtual API keys").add_subparsers(
+        dest="keys_cmd", required=True
+    )
+    sub_keys = {"create": "create a key (prints its secret once)", "list": "list keys",
+                "block": "block a key", "unblock": "unblock a key"}  # fmt: skip
+    parsers = {}
+    for name, help_ in sub_keys.items():
+        p = keys.add_parser(name, help=help_)
+        p.add_argument("--config")
+        p.add_argument("--store")
+        p.set_defaults(func=_command)
+        parsers[name] = p
+    create = parsers["create"]
+    create.add_argument("--alias", required=True, help="name shown in metrics and logs")
+    create.add_argument("--team", help="owner team alias")
+    create.add_argument("--user", help="owner user alias")
+    create.add_argument("--models", help="comma-separated public model names it may use")
+    create.add_argument("--expires-in", help="e.g. 30d, 12h")
+    _limit_args(create)
+    create.set_defaults(builder=_keys_create)
+    parsers["list"].set_defaults(op=_keys_list)
+    for name, blocked in (("block", True), ("unblock", False)):
+        parsers[name].add_argument("alias")
+        parsers[name].set_defaults(builder=_blocker(blocked))
+    for kind in ("teams", "users"):
+        group = sub.add_parser(kind, help=f"{kind} that own keys and budgets")
+        p = group.add_subparsers(dest=f"{kind}_cmd", required=True).add_parser("create")
+        p.add_argument("--config")
+        p.add_argument("--store")
+        p.add_argument("--alias", required=True)
+        _limit_args(p)
+        if kind == "teams":
+            p.add_argument("--models", help="comma-separated public model names")
+        else:
+            p.add_argument("--team", help="team alias")
+            p.add_argument("--email")
+        p.set_defaults(func=_command, builder=_creator(kind))
+
+
+async def _noop(m: Manager) -> object:
+    return {"migrated": True}
+
+
+async def _keys_list(m: Manager) -> object:
+    return [_key_json(k) for k in await m.keys.list()]
+
+
+def _blocker(
+    blocked: bool,
+) -> Callable[[argparse.Namespace], Callable[[Manager], Awaitable[object]]]:
+    def build(args: argparse.Namespace) -> Callable[[Manager], Awaitable[object]]:
+        async def op(m: Manager) -> object:
+            return _key_json(await m.block_key(args.alias, blocked))
+
+        return op
+
+    return build
+
+
+def _creator(kind: str) -> Callable[[argparse.Namespace], Callable[[Manager], Awaitable[object]]]:
+    def build(args: argparse.Namespace) -> Callable[[Manager], Awaitable[object]]:
+        async def op(m: Manager) -> object:
+            if kind == "teams":
+                models = args.models.split(",") if args.models else None
+                team = await m.create_team(args.alias, _limits(args), models)
+                return {"id": team.id, "alias": team.alias}
+            user = await m.create_user(args.alias, _limits(args), args.team, args.email)
+            return {"id": user.id, "alias": user.alias}
+
+        return op
+
+    return build
