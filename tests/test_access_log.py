@@ -7,6 +7,7 @@ import logging
 import httpx
 import orjson
 import pytest
+
 from bench.mock_upstream import MockUpstream
 from tests.conftest import mock_config, run_gateway
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.conftest import mock_config, run_gateway
 
 GOOD = b'{"model":"chat","messages":[{"role":"user","content":"hi"}]}'

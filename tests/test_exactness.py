@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+
 from bench.mock_upstream import MockUpstream
 from tests.conftest import RunningGateway, run_gateway
-
 from tollhouse.accounting.pricing import Price, cost
 from tollhouse.accounting.usage import Usage
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 import pytest
-from bench.mock_upstream import MockUpstream
 
+from bench.mock_upstream import MockUpstream
 from tollhouse.config.schema import Timeouts
 from tollhouse.errors import ErrorType, UpstreamError
 from tollhouse.providers.base import Transport, UpstreamRequest

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from tests.conftest import need
 
+from tests.conftest import need
 from tollhouse.limits.base import (
     Admitted,
     BudgetCharge,

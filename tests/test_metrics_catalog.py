@@ -14,8 +14,8 @@ import httpx
 import pytest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import mock_config, need, run_gateway
 
+from tests.conftest import mock_config, need, run_gateway
 from tollhouse.accounting.event import UsageEvent
 from tollhouse.metrics import docs
 from tollhouse.metrics.catalog import CATALOG

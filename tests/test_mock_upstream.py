@@ -16,9 +16,9 @@ import anthropic
 import openai
 import pytest
 from anthropic.types import MessageParam
-from bench.mock_upstream import LedgerEntry, MockUpstream, parse_behaviour
 from openai.types.chat import ChatCompletionMessageParam
 
+from bench.mock_upstream import LedgerEntry, MockUpstream, parse_behaviour
 from tollhouse.accounting.tokens import estimate_input_tokens, estimate_prompt_tokens
 from tollhouse.accounting.usage import Usage
 

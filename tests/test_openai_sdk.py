@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import openai
 import pytest
+
 from tests.conftest import RunningGateway
 
 MSG = [{"role": "user", "content": "the quick brown fox"}]

@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 from genai_prices import Usage as GUsage
 from genai_prices import calc_price
-from tests.conftest import mock_config, run_gateway
 
+from tests.conftest import mock_config, run_gateway
 from tollhouse.accounting.pricing import (
     Price,
     PriceBook,

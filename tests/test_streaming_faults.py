@@ -10,6 +10,7 @@ import httpx
 import openai
 import orjson
 import pytest
+
 from tests.conftest import RunningGateway
 
 MSG = [{"role": "user", "content": "one two three"}]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-
 from decimal import Decimal
 
 from tollhouse.accounting.event import Sink, Sinks
@@ -14,8 +13,8 @@ from tollhouse.config.schema import Config
 from tollhouse.errors import GatewayError, ModelNotAllowed, Rejected, Unauthorized
 from tollhouse.identity.auth import Authenticator
 from tollhouse.limits.admission import Admission
-from tollhouse.metrics.snapshot import LimitsSnapshot
 from tollhouse.metrics.registry import Metrics
+from tollhouse.metrics.snapshot import LimitsSnapshot
 from tollhouse.proxy.context import RequestContext
 from tollhouse.routing.router import Deployment, Router
 
