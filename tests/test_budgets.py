@@ -1,0 +1,205 @@
+"""Budgets hold under concurrency, spend down exactly, survive restarts, and their gauges show
+what a user computes by hand — with counters in memory and in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from tests.conftest import run_gateway, run_sync
+from tests.keyhelpers import gateway_config, manage
+from tollhouse.identity.manage import LimitsInput, Manager
+from tollhouse.store.engine import Store
+from tollhouse.store.ledger import LedgerRepo
+
+MSG = [{"role": "user", "content": "hi there"}]  # 5 prompt tokens by the documented estimate
+BODY = {"model": "chat", "messages": MSG, "max_tokens": 10}
+# 5 input at 1.5 + 10 output at 2.5 USD per million: the mock answers exactly max_tokens
+COST = Decimal("0.0000325")
+
+
+def ledger_spend(url: str, scope: str) -> dict[str, Decimal]:
+    async def read() -> dict[str, int]:
+        async with Store(url) as store:
+            return await LedgerRepo(store.engine).spend_since(scope, 0)  # type: ignore[arg-type]
+
+    result: dict[str, int] = run_sync(read())
+    return {k: Decimal(v) / 10**12 for k, v in result.items()}
+
+
+async def burst(url: str, secrets: list[str], n: int) -> Counter[str]:
+    """``n`` requests at once (spread over the keys); counts outcomes by status and code."""
+    out: Counter[str] = Counter()
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one(i: int) -> None:
+            headers = {"authorization": f"Bearer {secrets[i % len(secrets)]}"}
+            async with http.post(url, json=BODY, headers=headers) as r:
+                data = await r.json()
+                out[str(r.status) if r.status == 200 else data["error"]["code"]] += 1
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return out
+
+
+def test_500_concurrent_requests_never_overshoot_a_key_budget(
+    store_url: str, limits_config: dict[str, Any]
+) -> None:
+    budget = COST * Decimal("12.5")  # room for exactly 12 requests
+    new = manage(store_url, lambda m: m.create_key("k", limits=LimitsInput(max_budget_usd=budget)))
+    with run_gateway(gateway_config(store_url, limits_config)) as gw:
+        outcomes = asyncio.run(burst(gw.v1 + "/chat/completions", [new.secret], 500))
+        gw.wait_events(500, timeout=30)
+        assert gw.metric("llm_rejections_total", reason="budget", scope="key") == 488
+    assert outcomes == Counter({"200": 12, "budget_exceeded": 488})
+    spent = ledger_spend(store_url, "key_alias")["k"]
+    assert spent == 12 * COST <= budget
+
+
+def test_one_after_another_a_key_spends_down_to_less_than_one_request(
+    store_url: str, limits_config: dict[str, Any]
+) -> None:
+    budget = Decimal("0.0005")  # 15.38 requests' worth
+    new = manage(
+        store_url, lambda m: m.create_key("seq", limits=LimitsInput(max_budget_usd=budget))
+    )
+    auth = {"authorization": f"Bearer {new.secret}"}
+    with (
+        run_gateway(gateway_config(store_url, limits_config)) as gw,
+        httpx.Client(base_url=gw.v1) as http,
+    ):
+        statuses = [http.post("/chat/completions", json=BODY, headers=auth) for _ in range(20)]
+        codes = [r.status_code for r in statuses]
+        assert codes == [200] * 15 + [429] * 5
+        refused = statuses[15].json()["error"]
+        assert refused["code"] == "budget_exceeded" and refused["type"] == "insufficient_quota"
+        assert int(statuses[15].headers["retry-after"]) > 0
+    spent = ledger_spend(store_url, "key_alias")["seq"]
+    assert budget - spent < COST  # less than one request's worth was left unused
+    assert spent == 15 * COST
+
+
+def test_a_team_budget_is_shared_by_its_keys_under_concurrency(
+    store_url: str, limits_config: dict[str, Any]
+) -> None:
+    budget = COST * Decimal("20.5")
+
+    async def setup(m: Manager) -> list[str]:
+        await m.create_team("squad", LimitsInput(max_budget_usd=budget), None)
+        return [(await m.create_key(f"member{i}", team="squad")).secret for i in range(3)]
+
+    secrets = manage(store_url, setup)
+    with run_gateway(gateway_config(store_url, limits_config)) as gw:
+        outcomes = asyncio.run(burst(gw.v1 + "/chat/completions", secrets, 500))
+        gw.wait_events(500, timeout=30)
+    assert outcomes == Counter({"200": 20, "budget_exceeded": 480})
+    assert ledger_spend(store_url, "team")["squad"] == 20 * COST <= budget
+
+
+def test_spend_survives_a_restart(store_url: str, limits_config: dict[str, Any]) -> None:
+    """Counters are rebuilt from the ledger at start (memory) or kept (Redis), never doubled."""
+    budget = COST * Decimal("10.5")
+    new = manage(store_url, lambda m: m.create_key("r", limits=LimitsInput(max_budget_usd=budget)))
+    auth = {"authorization": f"Bearer {new.secret}"}
+    config = gateway_config(store_url, limits_config)
+    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+        assert [http.post("/chat/completions", json=BODY, headers=auth).status_code
+                for _ in range(6)] == [200] * 6  # fmt: skip
+    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+        codes = [
+            http.post("/chat/completions", json=BODY, headers=auth).status_code for _ in range(6)
+        ]
+    assert codes == [200] * 4 + [429] * 2
+    assert ledger_spend(store_url, "key_alias")["r"] == 10 * COST
+
+
+class FakeClock:
+    def __init__(self, at: datetime) -> None:
+        self.now = at.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gauges(gw: Any, scope: str, entity: str, period: str) -> dict[str, float]:
+    httpx.get(gw.url + "/metrics")  # a scrape refreshes the snapshot
+    labels = {"scope": scope, "entity": entity, "period": period}
+    names = ("limit", "soft_limit", "spend", "reserved", "remaining", "reset")
+    return {n: gw.metric(f"llm_budget_{n}_usd" if n != "reset" else "llm_budget_reset_seconds",
+                         **labels) for n in names}  # fmt: skip
+
+
+def test_budget_and_rate_gauges_match_hand_computation_and_reset(
+    store_url: str, limits_config: dict[str, Any]
+) -> None:
+    clock = FakeClock(datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC))
+    limits = LimitsInput(max_budget_usd=Decimal(1), soft_budget_usd=Decimal("0.5"),
+                         budget_period="daily", rpm=100, tpm=5000)  # fmt: skip
+    new = manage(store_url, lambda m: m.create_key("g", limits=limits))
+    auth = {"authorization": f"Bearer {new.secret}"}
+    config = gateway_config(store_url, limits_config)
+    with run_gateway(config, clock=clock) as gw, httpx.Client(base_url=gw.v1) as http:
+        for _ in range(3):
+            assert http.post("/chat/completions", json=BODY, headers=auth).status_code == 200
+        gw.wait_events(3)
+        got = gauges(gw, "key", "g", "daily")
+        assert got["limit"] == 1 and got["soft_limit"] == 0.5
+        assert got["spend"] == pytest.approx(float(3 * COST), abs=1e-12)
+        assert got["reserved"] == 0
+        assert got["remaining"] == pytest.approx(float(1 - 3 * COST), abs=1e-12)
+        assert got["reset"] == 12 * 3600  # noon to midnight UTC
+        rate = {"scope": "key", "entity": "g"}
+        assert gw.metric("llm_ratelimit_remaining", **rate, kind="requests") == 97
+        assert gw.metric("llm_ratelimit_remaining", **rate, kind="tokens") == 5000 - 3 * 15
+        clock.now += 12 * 3600 + 60  # 00:01 the next day: a new budget window and minute
+        got = gauges(gw, "key", "g", "daily")
+        assert (got["spend"], got["remaining"], got["reset"]) == (0, 1, 24 * 3600 - 60)
+        assert gw.metric("llm_ratelimit_remaining", **rate, kind="requests") == 100
+        assert http.post("/chat/completions", json=BODY, headers=auth).status_code == 200
+        gw.wait_events(4)
+        got = gauges(gw, "key", "g", "daily")
+        assert got["spend"] == pytest.approx(float(COST), abs=1e-12)
+
+
+def test_backend_and_provider_budgets_from_config(
+    store_url: str, limits_config: dict[str, Any]
+) -> None:
+    config = gateway_config(
+        store_url, limits_config,
+        budgets=[{"scope": "backend", "name": "mock", "max_usd": str(COST * Decimal("2.5"))},
+                 {"scope": "provider", "name": "mock", "max_usd": "100"}],
+    )  # fmt: skip
+    config["auth"] = {"required": False}
+    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+        codes = [http.post("/chat/completions", json=BODY).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        gw.wait_events(3)
+        assert gw.metric("llm_rejections_total", reason="budget", scope="backend") == 1
+        got = gauges(gw, "provider", "mock", "monthly")
+        assert got["spend"] == pytest.approx(float(2 * COST), abs=1e-12)
+
+
+def test_end_users_each_get_the_default_budget(
+    store_url: str, limits_config: dict[str, Any]
+) -> None:
+    config = gateway_config(
+        store_url, limits_config,
+        budgets=[{"scope": "end_user", "max_usd": str(COST * Decimal("1.5")), "period": "daily"}],
+    )  # fmt: skip
+    config["auth"] = {"required": False}
+    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+
+        def ask(user: str) -> int:
+            return http.post("/chat/completions", json={**BODY, "user": user}).status_code
+
+        assert [ask("alice"), ask("alice"), ask("bob"), ask("bob")] == [200, 429, 200, 429]
+        gw.wait_events(4)
+        assert gw.metric("llm_rejections_total", reason="budget", scope="end_user") == 2
