@@ -203,3 +203,55 @@ def test_end_users_each_get_the_default_budget(
         assert [ask("alice"), ask("alice"), ask("bob"), ask("bob")] == [200, 429, 200, 429]
         gw.wait_events(4)
         assert gw.metric("llm_rejections_total", reason="budget", scope="end_user") == 2
+
+
+def test_an_end_user_row_overrides_the_default(
+    store_url: str, limits_config: dict[str, Any]
+) -> None:
+    manage(store_url, lambda m: m.set_end_user(
+        "vip", LimitsInput(max_budget_usd=COST * Decimal("3.5"), budget_period="daily", rpm=100)))  # fmt: skip
+    config = gateway_config(
+        store_url, limits_config,
+        budgets=[{"scope": "end_user", "max_usd": str(COST * Decimal("1.5")), "period": "daily"}],
+    )  # fmt: skip
+    config["auth"] = {"required": False}
+    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+        codes = [http.post("/chat/completions", json={**BODY, "user": "vip"}).status_code
+                 for _ in range(4)]  # fmt: skip
+        assert codes == [200, 200, 200, 429]
+        assert http.post("/chat/completions", json={**BODY, "user": "nobody"}).status_code == 200
+        headers = http.post("/chat/completions", json={**BODY, "user": "vip"}).headers
+        assert "x-ratelimit-limit-requests" not in headers  # refused: budget, not the rpm
+
+
+def test_init_gauges_shows_every_budget_before_any_traffic(store_url: str) -> None:
+    limits = LimitsInput(max_budget_usd=Decimal(7), budget_period="weekly", rpm=9)
+    manage(store_url, lambda m: m.create_key("idle", limits=limits))
+    config = gateway_config(store_url, {"backend": "memory", "init_gauges": True})
+    with run_gateway(config) as gw:
+        got = gauges(gw, "key", "idle", "weekly")
+        assert (got["limit"], got["spend"], got["remaining"]) == (7, 0, 7)
+        assert (
+            gw.metric("llm_ratelimit_remaining", scope="key", entity="idle", kind="requests") == 9
+        )
+    with run_gateway(gateway_config(store_url, {"backend": "memory"})) as gw:
+        assert gauges(gw, "key", "idle", "weekly")["limit"] == 0  # not shown until used
+
+
+def test_a_backend_over_budget_comes_back_by_itself_after_reset(
+    store_url: str, limits_config: dict[str, Any]
+) -> None:
+    clock = FakeClock(datetime(2026, 11, 23, 23, 59, 0, tzinfo=UTC))
+    config = gateway_config(
+        store_url, limits_config,
+        budgets=[{"scope": "backend", "name": "mock", "max_usd": str(COST * Decimal("1.5")),
+                  "period": "daily"}],
+    )  # fmt: skip
+    config["auth"] = {"required": False}
+    with run_gateway(config, clock=clock) as gw, httpx.Client(base_url=gw.v1) as http:
+        assert [http.post("/chat/completions", json=BODY).status_code for _ in range(2)] == [
+            200,
+            429,
+        ]
+        clock.now += 61  # past midnight UTC
+        assert http.post("/chat/completions", json=BODY).status_code == 200

@@ -25,6 +25,7 @@ from tollhouse.config.schema import Config
 from tollhouse.errors import GatewayError, RouteNotFound
 from tollhouse.identity.auth import Authenticator
 from tollhouse.identity.directory import StoreDirectory, budget_rules_of, rate_rules_of
+from tollhouse.identity.end_users import EndUserDirectory
 from tollhouse.identity.principal import BudgetRule
 from tollhouse.limits.admission import Admission
 from tollhouse.limits.base import LimitsBackend
@@ -42,7 +43,7 @@ from tollhouse.routing.router import Router
 from tollhouse.store.engine import Store
 from tollhouse.store.ledger import LedgerRepo
 from tollhouse.store.migrate import migrate
-from tollhouse.store.repos import Keys, Teams, Users
+from tollhouse.store.repos import EndUsers, Keys, Teams, Users
 
 log = logging.getLogger("tollhouse")
 
@@ -100,6 +101,7 @@ class App:
             )
             gw = Gateway.build(config, router, self.prices, self.metrics,
                                self._sinks(ledger), auth, admission, self.snapshot)  # fmt: skip
+            gw.end_users = EndUserDirectory(EndUsers(store.engine), config.auth.cache_ttl)
             if config.limits.init_gauges:
                 rules = await self._budget_rules(store, admission)
                 self.snapshot.track(rules, await rate_rules_of(store))

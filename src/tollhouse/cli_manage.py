@@ -136,6 +136,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     for name, blocked in (("block", True), ("unblock", False)):
         parsers[name].add_argument("alias")
         parsers[name].set_defaults(builder=_blocker(blocked))
+    end_users = sub.add_parser("end-users", help="budgets for end users (the request's user field)")
+    setter = end_users.add_subparsers(dest="end_users_cmd", required=True).add_parser(
+        "set", help="give one end user its own budget and limits (overrides the default)"
+    )
+    setter.add_argument("--config")
+    setter.add_argument("--store")
+    setter.add_argument("end_user")
+    _limit_args(setter)
+    setter.set_defaults(func=_command, builder=_end_user_setter)
     for kind in ("teams", "users"):
         group = sub.add_parser(kind, help=f"{kind} that own keys and budgets")
         p = group.add_subparsers(dest=f"{kind}_cmd", required=True).add_parser("create")
@@ -184,3 +193,12 @@ def _creator(kind: str) -> Callable[[argparse.Namespace], Callable[[Manager], Aw
         return op
 
     return build
+
+
+def _end_user_setter(args: argparse.Namespace) -> Callable[[Manager], Awaitable[object]]:
+    async def op(m: Manager) -> object:
+        row = await m.set_end_user(args.end_user, _limits(args))
+        return {"end_user": row.id, "budget_period": row.limits.budget_period,
+                "rpm": row.limits.rpm, "tpm": row.limits.tpm}  # fmt: skip
+
+    return op

@@ -6,7 +6,8 @@ key's secret is returned exactly once and only its hash is stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,8 +16,8 @@ from tollhouse.identity import keys as keygen
 from tollhouse.limits.periods import parse_period
 from tollhouse.limits.policy import nano_usd
 from tollhouse.store.engine import Store
-from tollhouse.store.models import ApiKey, Limits, ModelLimit, Team, User
-from tollhouse.store.repos import Keys, Teams, Users
+from tollhouse.store.models import ApiKey, Conflict, EndUser, Limits, ModelLimit, Team, User
+from tollhouse.store.repos import EndUsers, Keys, Teams, Users
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +63,21 @@ def expiry(duration: str | None, now: datetime | None = None) -> datetime | None
     return (now or datetime.now(UTC)) + timedelta(seconds=int(number) * units[unit])
 
 
+@contextmanager
+def _unique(kind: str, alias: str) -> Iterator[None]:
+    """Say which alias is taken instead of the database's constraint text."""
+    try:
+        yield
+    except Conflict:
+        raise Conflict(f"a {kind} with alias {alias!r} already exists") from None
+
+
 class Manager:
     def __init__(self, store: Store) -> None:
         self.keys = Keys(store.engine)
         self.teams = Teams(store.engine)
         self.users = Users(store.engine)
+        self.end_users = EndUsers(store.engine)
 
     async def _team_id(self, alias: str | None) -> str | None:
         if alias is None:
@@ -91,8 +102,10 @@ class Manager:
 
     async def create_user(self, alias: str, limits: LimitsInput, team: str | None = None,
                           email: str | None = None) -> User:  # fmt: skip
-        return await self.users.create(alias=alias, email=email, team_id=await self._team_id(team),
-                                       limits=limits.to_limits())  # fmt: skip
+        team_id = await self._team_id(team)
+        with _unique("user", alias):
+            return await self.users.create(alias=alias, email=email, team_id=team_id,
+                                           limits=limits.to_limits())  # fmt: skip
 
     async def create_key(
         self,
@@ -106,13 +119,19 @@ class Manager:
         expires_in: str | None = None,
     ) -> NewKey:
         secret, key_hash, prefix = keygen.generate()
-        key = await self.keys.create(
-            key_hash=key_hash, key_prefix=prefix, alias=alias,
-            team_id=await self._team_id(team), user_id=await self._user_id(user),
-            models=models, model_limits=model_limits, limits=limits.to_limits(),
-            expires_at=expiry(expires_in),
-        )  # fmt: skip
+        team_id, user_id = await self._team_id(team), await self._user_id(user)
+        with _unique("key", alias):
+            key = await self.keys.create(
+                key_hash=key_hash, key_prefix=prefix, alias=alias,
+                team_id=team_id, user_id=user_id,
+                models=models, model_limits=model_limits, limits=limits.to_limits(),
+                expires_at=expiry(expires_in),
+            )  # fmt: skip
         return NewKey(key, secret)
+
+    async def set_end_user(self, end_user: str, limits: LimitsInput) -> EndUser:
+        """Give one end user (the request's ``user`` string) its own budget and limits."""
+        return await self.end_users.upsert(end_user, limits.to_limits())
 
     async def block_key(self, alias: str, blocked: bool = True) -> ApiKey:
         key = await self.keys.get_by_alias(alias)

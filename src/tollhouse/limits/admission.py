@@ -21,9 +21,11 @@ from decimal import Decimal
 
 from tollhouse.accounting.event import UsageEvent
 from tollhouse.config.schema import Config
+from tollhouse.identity.directory import budget_rules, rate_rules
 from tollhouse.identity.principal import BudgetRule, Principal, RateRule
 from tollhouse.limits.base import Admitted, LimitsBackend, Settlement
 from tollhouse.limits.policy import Plan, nano_usd, plan, rate_headers, rejection
+from tollhouse.store.models import Limits
 
 log = logging.getLogger("tollhouse.limits")
 
@@ -67,18 +69,32 @@ class Admission:
         self._worker: asyncio.Task[None] | None = None
 
     def rules(
-        self, who: Principal, model: str, backend: str, provider: str, end_user: str | None
+        self,
+        who: Principal,
+        model: str,
+        backend: str,
+        provider: str,
+        end_user: str | None,
+        end_user_limits: Limits | None = None,
     ) -> tuple[list[BudgetRule], list[RateRule]]:
+        """Every rule for this request. An end user's own row in the store overrides the
+        configured default budget for end users."""
         budgets = [
             *who.budgets,
             *self._by_backend.get(backend, ()),
             *self._by_provider.get(provider, ()),
         ]
-        if end_user is not None and self._end_user is not None:
-            d = self._end_user
-            budgets.append(BudgetRule("end_user", end_user, d.limit, d.period, d.soft))
         rates = [r for r in who.rates if r.model is None or r.model == model]
         rates += self._rates.get(backend, ())
+        if end_user is None:
+            return budgets, rates
+        if end_user_limits is not None and end_user_limits.max_budget_nusd is not None:
+            budgets += budget_rules("end_user", end_user, end_user_limits)
+        elif self._end_user is not None:
+            d = self._end_user
+            budgets.append(BudgetRule("end_user", end_user, d.limit, d.period, d.soft))
+        if end_user_limits is not None:
+            rates += rate_rules("end_user", end_user, end_user_limits)
         return budgets, rates
 
     async def admit(
@@ -91,9 +107,10 @@ class Admission:
         end_user: str | None,
         worst_cost: Decimal,
         worst_tokens: int,
+        rules: tuple[list[BudgetRule], list[RateRule]] | None = None,
     ) -> Ticket | None:
         """Reserve, or raise ``Rejected``. ``None`` when no rule applies (nothing to settle)."""
-        budgets, rates = self.rules(who, model, backend, provider, end_user)
+        budgets, rates = rules or self.rules(who, model, backend, provider, end_user)
         if not budgets and not rates:
             return None
         now = self._clock()

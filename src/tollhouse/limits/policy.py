@@ -92,12 +92,16 @@ def rejection(plan: Plan, refused: Refused, now: float) -> Rejected:
         )
     r = plan.rate_rules[refused.index]
     unit = "requests" if r.kind == "rpm" else "tokens"
-    return Rejected(
-        f"Rate limit reached for {r.scope} '{r.entity}': {r.limit} {unit} per minute.",
-        reason="rate_limit",
-        scope=r.scope,
-        retry_after=plan.rate_reset - now,
-    )
+    message = f"Rate limit reached for {r.scope} '{r.entity}': {r.limit} {unit} per minute."
+    charge = plan.rates[refused.index]
+    if charge.amount > r.limit:  # waiting will not help: say what to change
+        message = (
+            f"This request's worst case ({charge.amount} tokens: the prompt estimate plus "
+            f"max_tokens, or the gateway's default reservation when max_tokens is absent) is "
+            f"more than the {r.limit} tokens per minute allowed for {r.scope} '{r.entity}'. "
+            "Send a smaller max_tokens."
+        )
+    return Rejected(message, reason="rate_limit", scope=r.scope, retry_after=plan.rate_reset - now)
 
 
 def rate_headers(plan: Plan, admitted: Admitted, now: float) -> list[tuple[bytes, bytes]]:

@@ -12,6 +12,7 @@ from tollhouse.accounting.usage import Usage
 from tollhouse.config.schema import Config
 from tollhouse.errors import GatewayError, ModelNotAllowed, Rejected, Unauthorized
 from tollhouse.identity.auth import Authenticator
+from tollhouse.identity.end_users import EndUserDirectory
 from tollhouse.limits.admission import Admission
 from tollhouse.metrics.registry import Metrics
 from tollhouse.metrics.snapshot import LimitsSnapshot
@@ -31,6 +32,7 @@ class Gateway:
     auth: Authenticator
     admission: Admission | None
     snapshot: LimitsSnapshot
+    end_users: EndUserDirectory | None = None
     ready: bool = False
 
     @classmethod
@@ -66,13 +68,17 @@ class Gateway:
         worst = Usage(input=input_tokens, output=output_tokens)
         worst_cost = cost(worst, dep.price) if dep.price is not None else Decimal(0)
         target = dep.target
-        budgets, rates = self.admission.rules(
-            ctx.principal, dep.model, target.backend, target.provider, ctx.end_user
+        overrides = None
+        if ctx.end_user is not None and self.end_users is not None:
+            overrides = await self.end_users.limits(ctx.end_user)
+        rules = self.admission.rules(
+            ctx.principal, dep.model, target.backend, target.provider, ctx.end_user, overrides
         )
-        self.snapshot.track(budgets, rates)
+        self.snapshot.track(*rules)
         ctx.ticket = await self.admission.admit(
             ctx.principal, model=dep.model, backend=target.backend, provider=target.provider,
             end_user=ctx.end_user, worst_cost=worst_cost, worst_tokens=input_tokens + output_tokens,
+            rules=rules,
         )  # fmt: skip
 
     def rejected(self, err: GatewayError) -> None:
