@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import types
@@ -21,26 +22,42 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from tollhouse.cli import build_parser
 from tollhouse.config import ConfigError, load_config, parse_config
 from tollhouse.config.defaults import DEFAULT_CONFIG
 from tollhouse.config.schema import (
+    AuthConfig,
     BackendConfig,
+    BudgetConfig,
     Config,
+    LedgerConfig,
+    LimitsConfig,
     ModelConfig,
     Prices,
+    RateLimitConfig,
     ServerConfig,
+    StoreConfig,
     Timeouts,
 )
+from tollhouse.metrics.catalog import CATALOG, exported_names
 from tollhouse.providers import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "configuration.md"
+GUIDE = ROOT / "docs" / "budgets-and-limits.md"
+README = ROOT / "README.md"
 EXAMPLE = ROOT / "examples" / "config.yaml"
 
 # The docs heading (``### <heading>``) that documents each schema model.
 SECTIONS: dict[type[BaseModel], str] = {
     Config: "Top level",
     ServerConfig: "server",
+    AuthConfig: "auth",
+    StoreConfig: "store",
+    LedgerConfig: "ledger",
+    LimitsConfig: "limits",
+    BudgetConfig: "budgets[]",
+    RateLimitConfig: "rate_limits[]",
     BackendConfig: "backends[]",
     Timeouts: "backends[].timeouts",
     Prices: "prices",
@@ -231,6 +248,49 @@ def test_docs_list_the_embedded_default_models() -> None:
         assert f"| `{model['name']}` | `{model['model']}` |" in text
 
 
+def tollhouse_commands(text: str) -> list[str]:
+    """Every ``tollhouse ...`` command line in the shell code blocks of a Markdown text."""
+    commands: list[str] = []
+    in_block = False
+    pending = ""
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_block = line.strip() in ("```sh", "```console", "```bash")
+            continue
+        if not in_block:
+            continue
+        line = pending + line.strip().removeprefix("$ ")
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if line.startswith("tollhouse "):
+            commands.append(line)
+    return commands
+
+
+@pytest.mark.parametrize("path", [GUIDE, README], ids=lambda p: p.name)
+def test_documented_commands_parse(path: Path) -> None:
+    """Every `tollhouse ...` command shown in the guide and the README is accepted by the CLI."""
+    commands = tollhouse_commands(path.read_text(encoding="utf-8"))
+    assert commands, f"{path.name} shows no tollhouse command"
+    parser = build_parser()
+    for command in commands:
+        argv = shlex.split(command, comments=True)[1:]
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{path.name}: the CLI rejects {command!r}")
+
+
+def test_guide_names_only_catalogued_metrics() -> None:
+    """Every metric the budgets guide names (in text or PromQL) is in the metrics catalog."""
+    known = {name for spec in CATALOG for name in (spec.name, *exported_names(spec))}
+    named = set(re.findall(r"\b(?:llm|tollhouse)_[a-z_]*[a-z]\b", GUIDE.read_text("utf-8")))
+    assert {"llm_budget_remaining_usd", "llm_rejections_total"} <= named
+    assert sorted(named - known) == []
+
+
 # --------------------------------------------------------------------------- (b) example
 
 
@@ -354,6 +414,56 @@ def test_field_constraints_name_the_field() -> None:
         "server.port",
     ]
     assert "backends[0].prices.output: required field is missing" in problems
+
+
+def test_auth_is_required_in_a_file_and_open_in_the_embedded_defaults() -> None:
+    """A config file requires keys unless it says otherwise; the embedded defaults do not."""
+    assert parse_config(minimal(), environ={}).auth.required is True
+    embedded = load_config(None, environ={})
+    assert embedded.auth.required is False
+    assert embedded.store.url == "sqlite+aiosqlite:///tollhouse.db"
+    assert embedded.limits.backend == "memory"
+
+
+def test_budget_and_limit_sections_name_each_bad_field() -> None:
+    """Bad budgets, rate limits and limits settings are reported at their own paths."""
+    raw = minimal(
+        auth={"cache_ttl": -1},
+        ledger={"batch_size": 0, "flush_interval": 0},
+        limits={"backend": "memcached", "reserve_output_tokens": 0},
+        budgets=[
+            {"scope": "backend", "max_usd": 1},
+            {"scope": "end_user", "max_usd": "1", "soft_usd": "2"},
+            {"scope": "provider", "name": "openai", "max_usd": 0, "period": "fortnightly"},
+        ],
+        rate_limits=[{"scope": "team", "name": "x", "rpm": 0}],
+    )
+    problems = problems_of(raw)
+    assert [p.split(": ", 1)[0] for p in problems] == [
+        "auth.cache_ttl",
+        "ledger.batch_size",
+        "ledger.flush_interval",
+        "limits.backend",
+        "limits.reserve_output_tokens",
+        "budgets[0]",
+        "budgets[1]",
+        "budgets[2].max_usd",
+        "budgets[2].period",
+        "rate_limits[0].scope",
+        "rate_limits[0].rpm",
+    ]
+    assert "a backend budget needs a name" in problems[5]
+    assert "soft_usd must not exceed max_usd" in problems[6]
+
+
+@pytest.mark.parametrize(
+    "period", ["hourly", "daily", "weekly", "monthly", "90m", "12h", "30d", "2w"]
+)
+def test_budget_periods_accepted(period: str) -> None:
+    """Calendar periods and <N>m/h/d/w durations are valid budget periods."""
+    raw = minimal(budgets=[{"scope": "end_user", "max_usd": "0.5", "period": period}])
+    [budget] = parse_config(raw, environ={}).budgets
+    assert budget.period == period and budget.name is None
 
 
 def test_missing_required_sections() -> None:
