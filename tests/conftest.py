@@ -167,13 +167,19 @@ GatewayFactory = Callable[..., Any]
 def run_sync(coro: Any) -> Any:
     """Run a coroutine to completion from sync code, even inside a running event loop."""
     box: list[Any] = []
+    errors: list[BaseException] = []
 
     def target() -> None:
-        box.append(asyncio.run(coro))
+        try:
+            box.append(asyncio.run(coro))
+        except BaseException as err:  # handed to the caller's thread below
+            errors.append(err)
 
     thread = threading.Thread(target=target)
     thread.start()
     thread.join()
+    if errors:
+        raise errors[0]
     return box[0] if box else None
 
 

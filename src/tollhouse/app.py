@@ -30,7 +30,7 @@ from tollhouse.identity.principal import BudgetRule
 from tollhouse.limits.admission import Admission
 from tollhouse.limits.base import LimitsBackend
 from tollhouse.limits.memory import MemoryLimits
-from tollhouse.limits.recovery import recover_spend
+from tollhouse.limits.recovery import end_user_rules, recover_spend
 from tollhouse.limits.redis import RedisLimits
 from tollhouse.metrics.recorder import MetricsRecorder
 from tollhouse.metrics.registry import Metrics
@@ -129,7 +129,10 @@ class App:
         return sinks + self._extra_sinks
 
     async def _budget_rules(self, store: Store, admission: Admission) -> list[BudgetRule]:
-        return [*admission.config_budgets, *await budget_rules_of(store)]
+        end_users = await end_user_rules(
+            LedgerRepo(store.engine), admission.end_user_default, self._clock()
+        )
+        return [*admission.config_budgets, *await budget_rules_of(store), *end_users]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]

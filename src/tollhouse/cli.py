@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from tollhouse import __version__
+from tollhouse.accesslog import BatchingStreamHandler
 from tollhouse.cli_manage import add_commands
 from tollhouse.config import ConfigError, load_config
 
@@ -22,7 +23,7 @@ def _configure_logging(level: str, access_log: bool) -> None:
     access.propagate = False
     access.handlers.clear()
     if access_log:
-        handler = logging.StreamHandler(sys.stdout)
+        handler = BatchingStreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         access.addHandler(handler)
         access.setLevel(logging.INFO)

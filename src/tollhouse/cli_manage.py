@@ -20,7 +20,7 @@ from tollhouse.config import ConfigError, load_config
 from tollhouse.identity.manage import LimitsInput, Manager
 from tollhouse.store.engine import Store
 from tollhouse.store.migrate import migrate
-from tollhouse.store.models import ApiKey, StoreError
+from tollhouse.store.models import ApiKey, ModelLimit, StoreError
 
 
 def _usd(text: str) -> Decimal:
@@ -33,12 +33,27 @@ def _usd(text: str) -> Decimal:
     return value
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
+def _model_limit(text: str) -> tuple[str, ModelLimit]:
+    """``MODEL=RPM`` or ``MODEL=RPM:TPM`` (either may be empty: ``gpt-4o=:20000``)."""
+    model, sep, spec = text.partition("=")
+    rpm, _, tpm = spec.partition(":")
+    if not sep or not model or not (rpm or tpm):
+        raise argparse.ArgumentTypeError(f"expected MODEL=RPM[:TPM], got {text!r}")
+    return model, ModelLimit(_positive(rpm) if rpm else None, _positive(tpm) if tpm else None)
+
+
 def _limit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-budget", type=_usd, help="spend cap in USD per budget period")
-    parser.add_argument("--soft-budget", type=_usd, help="alert threshold in USD")
+    parser.add_argument("--soft-budget", type=_usd, help="alert threshold in USD (<= max)")
     parser.add_argument("--budget-period", help="hourly, daily, weekly, monthly or e.g. 30d")
-    parser.add_argument("--rpm", type=int, help="requests per minute")
-    parser.add_argument("--tpm", type=int, help="tokens per minute")
+    parser.add_argument("--rpm", type=_positive, help="requests per minute")
+    parser.add_argument("--tpm", type=_positive, help="tokens per minute")
 
 
 def _limits(args: argparse.Namespace) -> LimitsInput:
@@ -92,6 +107,7 @@ def _keys_create(args: argparse.Namespace) -> Callable[[Manager], Awaitable[obje
         new = await m.create_key(
             args.alias, team=args.team, user=args.user,
             models=args.models.split(",") if args.models else None,
+            model_limits=dict(args.model_limit) if args.model_limit else None,
             limits=_limits(args), expires_in=args.expires_in,
         )  # fmt: skip
         return {
@@ -130,6 +146,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create.add_argument("--user", help="owner user alias")
     create.add_argument("--models", help="comma-separated public model names it may use")
     create.add_argument("--expires-in", help="e.g. 30d, 12h")
+    create.add_argument("--model-limit", type=_model_limit, action="append",
+                        help="per-model limit MODEL=RPM[:TPM]; repeat for more models")  # fmt: skip
     _limit_args(create)
     create.set_defaults(builder=_keys_create)
     parsers["list"].set_defaults(op=_keys_list)

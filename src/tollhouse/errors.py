@@ -165,6 +165,16 @@ class Rejected(GatewayError):
             self.error_type = ErrorType.RATE_LIMIT
 
 
+class LimitsUnavailable(GatewayError):
+    """503: the shared limits store (Redis) could not be reached, so nothing is admitted
+    (failing closed: a budget that cannot be checked is not spent)."""
+
+    status = 503
+    type = "api_error"
+    code = "limits_unavailable"
+    error_type = ErrorType.SERVER_ERROR
+
+
 class UpstreamFailed(GatewayError):
     """An ``UpstreamError`` translated for the client (status chosen by ``from_upstream``)."""
 

@@ -186,6 +186,23 @@ class Config(_Strict):
         if dupes:
             raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
         known = set(names)
+        providers = {b.provider for b in self.backends}
+        for i, b in enumerate(self.budgets):
+            if b.scope == "backend" and b.name not in known:
+                raise ValueError(f"budgets[{i}]: backend {b.name!r} is not defined")
+            if b.scope == "provider" and b.name not in providers:
+                raise ValueError(f"budgets[{i}]: no backend uses provider {b.name!r}")
+            if b.scope == "end_user" and b.name is not None:
+                raise ValueError(
+                    f"budgets[{i}]: the end_user budget applies to every end user; drop 'name'"
+                )
+        if sum(1 for b in self.budgets if b.scope == "end_user") > 1:
+            raise ValueError("budgets: only one end_user budget (the default for every end user)")
+        for i, r in enumerate(self.rate_limits):
+            if r.name not in known:
+                raise ValueError(f"rate_limits[{i}]: backend {r.name!r} is not defined")
+            if r.rpm is None and r.tpm is None:
+                raise ValueError(f"rate_limits[{i}]: set rpm, tpm or both")
         for i, model in enumerate(self.models):
             if model.backend not in known:
                 raise ValueError(

@@ -47,6 +47,7 @@ def principal_of(key: ApiKey, team: Team | None, user: User | None) -> Principal
         rates += rate_rules("team", team.alias, team.limits)
     if user is not None:
         budgets += budget_rules("user", user.alias, user.limits)
+        rates += rate_rules("user", user.alias, user.limits)
     return Principal(
         key_id=key.id,
         key=key.alias,
@@ -97,4 +98,6 @@ async def rate_rules_of(store: Store) -> list[RateRule]:
             rules += rate_rules("key_model", key.alias, Limits(rpm=limit.rpm, tpm=limit.tpm), model)
     for team in await Teams(store.engine).list():
         rules += rate_rules("team", team.alias, team.limits)
+    for user in await Users(store.engine).list():
+        rules += rate_rules("user", user.alias, user.limits)
     return rules

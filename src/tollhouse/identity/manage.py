@@ -33,6 +33,12 @@ class LimitsInput:
             parse_period(self.budget_period)  # raises ValueError with a clear message
         if self.soft_budget_usd is not None and self.max_budget_usd is None:
             raise ValueError("a soft budget needs a max budget")
+        if self.soft_budget_usd is not None and self.max_budget_usd is not None \
+                and self.soft_budget_usd > self.max_budget_usd:  # fmt: skip
+            raise ValueError("the soft budget must not exceed the max budget")
+        for name, value in (("rpm", self.rpm), ("tpm", self.tpm)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
         return Limits(
             max_budget_nusd=nano_usd(self.max_budget_usd)
             if self.max_budget_usd is not None

@@ -65,6 +65,7 @@ class Admission:
             for rules in (*self._by_backend.values(), *self._by_provider.values())
             for rule in rules
         )
+        self.end_user_default = self._end_user
         self._queue: asyncio.Queue[tuple[Admitted, Settlement] | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
 

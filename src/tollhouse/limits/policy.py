@@ -50,6 +50,12 @@ def budget_counter(rule: BudgetRule, now: float) -> tuple[str, float, int]:
     return name, window.end, int(window.end - now) + TTL_MARGIN
 
 
+def rate_counter(rule: RateRule, minute: int) -> str:
+    """The counter of ``rule`` in unix minute ``minute`` (per model for key+model rules)."""
+    entity = rule.entity if rule.model is None else f"{rule.entity}/{rule.model}"
+    return f"rate:{rule.scope}:{entity}:{rule.kind}:{minute}"
+
+
 def plan(
     budgets: Sequence[BudgetRule],
     rates: Sequence[RateRule],
@@ -67,7 +73,7 @@ def plan(
     minute, minute_end = minute_window(now)
     rate_charges = [
         RateCharge(
-            f"rate:{rule.scope}:{rule.entity}:{rule.kind}:{minute}",
+            rate_counter(rule, minute),
             rule.limit,
             1 if rule.kind == "rpm" else tokens,
             int(minute_end - now) + 120,

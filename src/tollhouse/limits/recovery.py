@@ -43,3 +43,18 @@ async def recover_spend(
             if await backend.seed_spent(name, math.ceil(pico / 1000), ttl):
                 seeded += 1
     return seeded
+
+
+async def end_user_rules(
+    ledger: LedgerRepo, default: BudgetRule | None, now: float
+) -> list[BudgetRule]:
+    """The default end-user budget, once per end user who spent in its current window."""
+    if default is None:
+        return []
+    start = parse_period(default.period).window(now).start
+    spenders = await ledger.spend_since("end_user", start)
+    return [
+        BudgetRule("end_user", who, default.limit, default.period, default.soft)
+        for who in spenders
+        if who != "none"
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tollhouse.errors import ErrorType
 from tollhouse.metrics.catalog import CATALOG, MetricSpec
 
 HEADER = """# Metrics reference
@@ -22,10 +23,8 @@ Prometheus conventions: base units (`_seconds`, `_usd`), counters end in `_total
 Label values are bounded: `model`, `backend`, `provider` and `upstream_model`
 come from the config (`none` when a request was rejected before it reached a
 model, e.g. an unknown model name); `key` is a key alias (`anonymous` without
-authentication), never a raw key; `error_type` is one of `rate_limit`,
-`timeout`, `auth`, `network`, `bad_request`, `context_length`,
-`content_filter`, `server_error`, `invalid_response`, `cancelled`,
-`not_found`, `payload_too_large`, `unknown`; `outcome` is `success`, `error`
+authentication), never a raw key; `error_type` is one of {error_types};
+`outcome` is `success`, `error`
 or `cancelled`; `status_class` is `2xx`, `4xx` or `5xx` (a client that left
 before any response counts as 499, `4xx`).
 
@@ -57,7 +56,8 @@ def _section(spec: MetricSpec) -> str:
 def render() -> str:
     index = "\n".join(f"- [`{s.name}`](#{s.name}) ({s.kind})" for s in CATALOG)
     body = "\n".join(_section(s) for s in CATALOG)
-    return f"{HEADER}{index}\n\n{body}"
+    header = HEADER.replace("{error_types}", ", ".join(f"`{e.value}`" for e in ErrorType))
+    return f"{header}{index}\n\n{body}"
 
 
 def main() -> None:

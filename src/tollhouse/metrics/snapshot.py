@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from tollhouse.identity.principal import BudgetRule, RateRule
 from tollhouse.limits.base import NANO, BudgetState, LimitsBackend
 from tollhouse.limits.periods import minute_window
-from tollhouse.limits.policy import budget_counter
+from tollhouse.limits.policy import budget_counter, rate_counter
 from tollhouse.metrics import catalog as c
 
 
@@ -88,9 +88,7 @@ class LimitsSnapshot:
         states = await self._backend.budget_states([n for n, _, _ in names])
         rates = list(self._rates.values())
         minute, _ = minute_window(now)
-        counts = await self._backend.rate_counts(
-            [f"rate:{r.scope}:{r.entity}:{r.kind}:{minute}" for r in rates]
-        )
+        counts = await self._backend.rate_counts([rate_counter(r, minute) for r in rates])
         self.current = Snapshot(
             [(b, s, end - now) for b, s, (_, end, _) in zip(budgets, states, names, strict=True)],
             list(zip(rates, counts, strict=True)),

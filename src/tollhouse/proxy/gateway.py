@@ -10,7 +10,13 @@ from tollhouse.accounting.event import Sink, Sinks
 from tollhouse.accounting.pricing import PriceBook, cost
 from tollhouse.accounting.usage import Usage
 from tollhouse.config.schema import Config
-from tollhouse.errors import GatewayError, ModelNotAllowed, Rejected, Unauthorized
+from tollhouse.errors import (
+    GatewayError,
+    LimitsUnavailable,
+    ModelNotAllowed,
+    Rejected,
+    Unauthorized,
+)
 from tollhouse.identity.auth import Authenticator
 from tollhouse.identity.end_users import EndUserDirectory
 from tollhouse.limits.admission import Admission
@@ -75,11 +81,19 @@ class Gateway:
             ctx.principal, dep.model, target.backend, target.provider, ctx.end_user, overrides
         )
         self.snapshot.track(*rules)
-        ctx.ticket = await self.admission.admit(
-            ctx.principal, model=dep.model, backend=target.backend, provider=target.provider,
-            end_user=ctx.end_user, worst_cost=worst_cost, worst_tokens=input_tokens + output_tokens,
-            rules=rules,
-        )  # fmt: skip
+        try:
+            ctx.ticket = await self.admission.admit(
+                ctx.principal, model=dep.model, backend=target.backend, provider=target.provider,
+                end_user=ctx.end_user, worst_cost=worst_cost,
+                worst_tokens=input_tokens + output_tokens, rules=rules,
+            )  # fmt: skip
+        except GatewayError:
+            raise
+        except Exception as err:  # the counters' store is down: refuse, clearly and counted
+            log.error("limits_unavailable error=%s", type(err).__name__)
+            raise LimitsUnavailable(
+                "The gateway cannot check budgets and rate limits right now; try again shortly."
+            ) from err
 
     def rejected(self, err: GatewayError) -> None:
         """Count refusals at the gate by reason and scope."""

@@ -6,6 +6,7 @@ happens: success, a bad body, an unknown model, an upstream failure.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,7 +52,9 @@ async def proxied(
         gw.rejected(err)
         await send_error(send, err, response_headers(ctx))
     finally:
-        gw.done(ctx)
+        # After the response bytes are flushed (the server writes on the next loop turn):
+        # the sinks' work then never delays the answer the client is waiting for.
+        asyncio.get_running_loop().call_soon(gw.done, ctx)
         if ctx.outcome is Outcome.ERROR and ctx.status >= 500:
             log.warning("request_failed request_id=%s status=%s error_type=%s",
                         ctx.request_id, ctx.status, ctx.error_type)  # fmt: skip
@@ -75,6 +78,9 @@ async def health(gw: Gateway, send: Any, ready_check: bool) -> None:
 
 async def metrics(gw: Gateway, scope: Scope, send: Any) -> None:
     accept = (header(scope, b"accept") or b"").decode("latin-1")
-    await gw.snapshot.refresh()
+    try:
+        await gw.snapshot.refresh()
+    except Exception as err:  # serve the last snapshot rather than fail the whole scrape
+        log.warning("snapshot_refresh_failed error=%s", type(err).__name__)
     body, content_type = await render(gw.metrics.registry, accept)
     await send_bytes(send, 200, body, [], content_type.encode())

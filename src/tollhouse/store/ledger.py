@@ -24,26 +24,52 @@ SPEND_SCOPES: tuple[str, ...] = get_args(SpendScope)
 _SPLIT = 1_000_000
 
 
+_COLUMNS: tuple[str, ...] = tuple(c.name for c in ledger.columns if c.name != "id")
+_SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format
+
+
+def _driver_value(value: Any, column: str, sqlite: bool) -> Any:
+    if column == "ts" and sqlite and isinstance(value, datetime):
+        return value.astimezone(UTC).strftime(_SQLITE_TS)
+    return value
+
+
 class LedgerRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._sql: str | None = None
 
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append ``rows`` in one transaction: all are written or none is.
 
-        Sent as multi-row ``INSERT … VALUES (…), (…)`` statements: one for a
-        default batch of 500, more only past 1000 rows or the driver's
-        bound-parameter limit. Asking for the new ids is what makes SQLAlchemy
-        render them ("insertmanyvalues", expanded from a cached one-row
-        template). Without RETURNING the rows would go to the driver's
-        executemany, one execution per row; ``insert().values(rows)`` would
-        compile a new statement for every batch (~0.2 s per 500 rows).
+        The ledger is the one table written on every request, so its batches go
+        straight to the driver's ``executemany`` with positional tuples (one
+        prepared statement, rows bound in C), skipping SQLAlchemy's per-value
+        bind processing: measured at half the CPU per row of a Core insert.
+        The only conversion that processing did is done here: SQLite stores the
+        timestamp as naive UTC text in SQLAlchemy's format, so queries built with
+        Core compare it the same way.
         """
         if not rows:
             return
-        query = ledger.insert().returning(ledger.c.id)
+        sqlite = self._engine.dialect.name == "sqlite"
+        params = [tuple(_driver_value(row[c], c, sqlite) for c in _COLUMNS) for row in rows]
         async with self._engine.begin() as conn:
-            await conn.execute(query, list(rows))
+            await conn.exec_driver_sql(self._insert_sql(), params)
+
+    def _insert_sql(self) -> str:
+        if self._sql is None:
+            dialect = self._engine.dialect
+            if dialect.paramstyle == "qmark":
+                marks = ", ".join("?" for _ in _COLUMNS)
+            elif dialect.paramstyle == "numeric_dollar":
+                marks = ", ".join(f"${i + 1}" for i in range(len(_COLUMNS)))
+            else:
+                marks = ", ".join("%s" for _ in _COLUMNS)
+            quote = dialect.identifier_preparer.quote
+            names = ", ".join(quote(c) for c in _COLUMNS)
+            self._sql = f"INSERT INTO {quote(ledger.name)} ({names}) VALUES ({marks})"
+        return self._sql
 
     async def count_rows(self) -> int:
         async with self._engine.connect() as conn:
