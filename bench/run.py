@@ -48,6 +48,10 @@ READY_TIMEOUT_S: Final = 30.0
 GATEWAY_CONFIG: Final = """\
 server:
   access_log: true
+auth:
+  required: false
+store:
+  url: sqlite+aiosqlite:///{workdir}/bench-store.db
 backends:
   - name: mock-upstream
     provider: openai
@@ -343,7 +347,7 @@ def _stack(
             return
         config = workdir / "tollhouse.yaml"
         model = str(DEFAULT_BODY["model"])
-        config.write_text(GATEWAY_CONFIG.format(mock_port=mock_port, model=model))
+        config.write_text(GATEWAY_CONFIG.format(mock_port=mock_port, model=model, workdir=workdir))
         port = _free_port()
         argv = [*pinning.gateway, *_gateway_command(), "serve", "--config", str(config)]
         argv.extend(("--port", str(port)))
