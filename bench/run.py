@@ -142,9 +142,11 @@ def _free_port() -> int:
         return port
 
 
-def _pinning(external_gateway: bool) -> Pinning:
+def _pinning(external_gateway: bool, pin: bool = True) -> Pinning:
     taskset = shutil.which("taskset")
     cpus = os.cpu_count() or 1
+    if not pin:
+        return Pinning((), (), "none (--no-pin); the OS places every process")
     if taskset is None or cpus < 2:
         why = "taskset not found" if taskset is None else "fewer than 2 CPUs"
         return Pinning((), (), f"none ({why}); everything shares the CPUs")
@@ -391,6 +393,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     # Hidden: measure an already-running gateway (or, to test this harness, a second mock).
     parser.add_argument("--gateway-url", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the OS place processes (pinning puts the gateway on its own CPU, which makes "
+        "every hop through it a cross-CPU wake-up; see README)",
+    )
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 2.0 if args.quick else 5.0
@@ -403,7 +411,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Run every scenario, printing each table row as soon as it is measured."""
-    pinning = _pinning(external_gateway=args.gateway_url is not None)
+    pinning = _pinning(external_gateway=args.gateway_url is not None, pin=not args.no_pin)
     scenarios = _scenarios(args.quick)
     legs = 2 * len(scenarios) * (args.duration + args.warmup)
     print(_machine())
