@@ -21,9 +21,10 @@ from tollhouse.accesslog import AccessLog
 from tollhouse.accounting.event import Sink
 from tollhouse.accounting.ledger import LedgerWriter
 from tollhouse.accounting.pricing import PriceBook
+from tollhouse.admin.mount import AdminSettings, client_address, guarded_authenticator, open_admin
+from tollhouse.cache import MemoryCache, RedisCache, ResponseCache
 from tollhouse.config.schema import Config
 from tollhouse.errors import GatewayError, RouteNotFound
-from tollhouse.identity.auth import Authenticator
 from tollhouse.identity.directory import StoreDirectory, budget_rules_of, rate_rules_of
 from tollhouse.identity.end_users import EndUserDirectory
 from tollhouse.identity.principal import BudgetRule
@@ -34,6 +35,7 @@ from tollhouse.limits.recovery import end_user_rules, recover_spend
 from tollhouse.limits.redis import RedisLimits
 from tollhouse.metrics.recorder import MetricsRecorder
 from tollhouse.metrics.registry import Metrics
+from tollhouse.metrics.routing_state import RoutingCollector
 from tollhouse.metrics.snapshot import LimitsSnapshot
 from tollhouse.proxy import routes
 from tollhouse.proxy.asgi import request_id
@@ -58,6 +60,7 @@ class App:
         registry: CollectorRegistry | None = None,
         environ: Mapping[str, str] | None = None,
         extra_sinks: list[Sink] | None = None,
+        admin: AdminSettings | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -65,9 +68,13 @@ class App:
         self._clock = clock  # wall clock for budget and rate windows (tests move it)
         self.snapshot = LimitsSnapshot(None, clock)
         self.metrics.registry.register(self.snapshot)
+        self._router: Router | None = None
+        self.metrics.registry.register(RoutingCollector(lambda: self._router))
         self.prices = PriceBook()
         self._environ = environ
         self._extra_sinks = list(extra_sinks or [])
+        self._admin_settings = admin or AdminSettings()
+        self.admin_app: Any = None  # the /admin/ ASGI app, built in the lifespan
         self.gateway: Gateway | None = None
 
     @asynccontextmanager
@@ -77,6 +84,7 @@ class App:
         async with AsyncExitStack() as stack:
             router = Router(config, self.prices, self._environ)  # pools need the loop
             stack.push_async_callback(router.aclose)
+            self._router = router
             store = Store(config.store.url)
             stack.push_async_callback(store.aclose)
             if config.store.migrate_on_start:
@@ -96,15 +104,20 @@ class App:
             directory = StoreDirectory(
                 Keys(store.engine), Teams(store.engine), Users(store.engine), admin_key
             )
-            auth = Authenticator(
-                directory, required=config.auth.required, cache_ttl=config.auth.cache_ttl
-            )
+            auth = guarded_authenticator(directory, config, self.metrics, self._admin_settings)
             gw = Gateway.build(config, router, self.prices, self.metrics,
                                self._sinks(ledger), auth, admission, self.snapshot)  # fmt: skip
             gw.end_users = EndUserDirectory(EndUsers(store.engine), config.auth.cache_ttl)
+            gw.cache = self._response_cache()
+            stack.push_async_callback(gw.cache.aclose)
             if config.limits.init_gauges:
                 rules = await self._budget_rules(store, admission)
                 self.snapshot.track(rules, await rate_rules_of(store))
+            self.admin_app = await open_admin(
+                stack, config=config, store=store, metrics=self.metrics, auth=auth,
+                admin_key=admin_key, settings=self._admin_settings, limits=backend,
+                ledger=ledger, admission=admission, router=router,
+            )  # fmt: skip
             self.gateway = gw
             gw.ready = True
             try:
@@ -115,6 +128,13 @@ class App:
 
     def _env(self) -> Mapping[str, str]:
         return os.environ if self._environ is None else self._environ
+
+    def _response_cache(self) -> ResponseCache:
+        """Built even when disabled in config: a key can turn caching on for itself."""
+        cfg = self.config.cache
+        if cfg.backend == "redis":
+            return RedisCache(cfg.redis_url, cfg.redis_prefix)
+        return MemoryCache(cfg.max_entries)
 
     def _limits_backend(self) -> LimitsBackend:
         limits = self.config.limits
@@ -149,7 +169,11 @@ class App:
             return
         proxied = routes.PROXIED.get(path)
         if proxied is not None:
+            client = scope.get("client")  # for throttling repeated failed authentications
+            client_address.set(client[0] if client else None)
             await routes.proxied(gw, proxied[0], proxied[1], scope, receive, send)
+        elif path.startswith("/admin/") and self.admin_app is not None:
+            await self.admin_app(scope, receive, send)
         elif method not in ("GET", "HEAD"):
             await self._reject(scope, send, RouteNotFound(f"no route {method} {path}"))
         elif path in ("/v1/models", "/models"):
