@@ -33,13 +33,8 @@ from tollhouse.config.schema import (
     LedgerConfig,
     LimitsConfig,
     ModelConfig,
-    CacheConfig,
-    CooldownConfig,
-    DeploymentConfig,
-    FallbackConfig,
     Prices,
     RateLimitConfig,
-    RetryConfig,
     ServerConfig,
     StoreConfig,
     Timeouts,
@@ -67,11 +62,6 @@ SECTIONS: dict[type[BaseModel], str] = {
     Timeouts: "backends[].timeouts",
     Prices: "prices",
     ModelConfig: "models[]",
-    DeploymentConfig: "models[].deployments[]",
-    RetryConfig: "models[].retries",
-    FallbackConfig: "models[].fallbacks[]",
-    CooldownConfig: "models[].cooldown",
-    CacheConfig: "cache",
 }
 
 _ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|(.*)\|\s*$")

@@ -161,3 +161,65 @@ ledger = sa.Table(
 
 LEDGER_COLUMNS = tuple(c.name for c in ledger.columns if c.name != "id")
 """Every column a ledger row dict carries (``id`` is assigned by the database)."""
+
+# --- admin API: roll-ups for usage analytics, their watermark, the audit log -------------
+
+# Upper bounds (milliseconds) of the latency histogram kept per roll-up row: the buckets of
+# ``llm_request_duration_seconds``, so percentiles from the API and from Prometheus'
+# ``histogram_quantile`` are estimated from the same counts.
+LATENCY_BUCKETS_MS = (
+    10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 10240, 20480, 40960, 81920, 163840, 327680,
+)  # fmt: skip
+ROLLUP_DIMENSIONS = ("key_alias", "team", "user", "model", "backend", "provider")
+ROLLUP_SUMS = (
+    "requests", "input_tokens", "output_tokens", "cached_input_tokens",
+    "cache_write_input_tokens", "reasoning_tokens", "cost_pusd", "unpriced_requests",
+    "duration_count", "ttft_count", *(f"lat_le_{b}" for b in LATENCY_BUCKETS_MS),
+)  # fmt: skip
+
+# The ledger folded into hours: one row per (hour, who, where, outcome, error type). Counts,
+# tokens and pico-USD are exact integer sums of the ledger rows folded in (``rollup_state``
+# says which); ``error_type`` is "" for rows without one so it can sit in the primary key.
+# End users are left out on purpose: they are unbounded and would make the roll-up as large
+# as the ledger; end-user queries read the ledger through ``ix_ledger_end_user_ts``.
+ledger_hourly = sa.Table(
+    "ledger_hourly",
+    metadata,
+    sa.Column("bucket", sa.BigInteger, primary_key=True),  # unix seconds of the hour's start
+    *(sa.Column(name, sa.String, primary_key=True) for name in ROLLUP_DIMENSIONS),
+    sa.Column("outcome", sa.String, primary_key=True),
+    sa.Column("error_type", sa.String, primary_key=True),
+    *(sa.Column(name, sa.BigInteger, nullable=False) for name in ROLLUP_SUMS),
+    sa.Column("duration_ms_sum", sa.Float, nullable=False),
+    sa.Column("ttft_ms_sum", sa.Float, nullable=False),
+    sa.Column("last_ts", UtcDateTime, nullable=False),
+)
+
+# How far the ledger has been folded: every ledger row with ``id <= watermark`` is in the roll-up.
+rollup_state = sa.Table(
+    "rollup_state",
+    metadata,
+    sa.Column("name", sa.String, primary_key=True),
+    sa.Column("watermark", sa.BigInteger, nullable=False),
+)
+
+# Every admin mutation: who (admin key alias), what, when, from where, and the change with
+# secrets removed (``tollhouse.admin.audit`` redacts before anything reaches this table).
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("ts", UtcDateTime, nullable=False, index=True),
+    sa.Column("actor", sa.String, nullable=False),
+    sa.Column("action", sa.String, nullable=False),
+    sa.Column("target_type", sa.String, nullable=False),
+    sa.Column("target", sa.String, nullable=False),
+    sa.Column("address", sa.String, nullable=True),
+    sa.Column("request_id", sa.String, nullable=True),
+    sa.Column("changes", Json, nullable=True),
+    sa.Index(None, "target_type", "target", "ts"),
+    sa.Index(None, "actor", "ts"),
+)
+
+# Usage of one end user over a long window reads the ledger; this keeps that a range scan.
+ledger_end_user_ts = sa.Index("ix_ledger_end_user_ts", ledger.c.end_user, ledger.c.ts)

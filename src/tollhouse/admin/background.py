@@ -1,0 +1,121 @@
+"""The admin side's background tasks: folding the ledger into roll-ups, probing loop lag.
+
+Both are owned by ``AdminRuntime`` (started and stopped by the app's
+lifespan). Neither can fail a request: errors are logged and retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tollhouse.store import rollup
+
+log = logging.getLogger("tollhouse.admin")
+
+
+class Folder:
+    """Folds new ledger rows into ``ledger_hourly`` every ``interval`` seconds.
+
+    On PostgreSQL a ledger id is folded only once it has been visible for
+    ``settle`` seconds: several replicas insert concurrently, and an id can
+    commit after a higher one; waiting keeps it from landing behind the
+    watermark. SQLite has one writer at a time, so ids commit in order.
+    """
+
+    def __init__(self, engine: AsyncEngine, interval: float, settle: float) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._settle = settle if engine.dialect.name == "postgresql" else 0.0
+        self._seen: deque[tuple[float, int]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+        self.folded_total = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="rollup-folder")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def fold_once(self) -> int:
+        """Fold what has settled; returns how many ids the watermark moved."""
+        now = time.monotonic()
+        self._seen.append((now, await rollup.newest_id(self._engine)))
+        up_to = 0
+        while self._seen and self._seen[0][0] <= now - self._settle:
+            up_to = self._seen.popleft()[1]
+        if up_to:
+            self._seen.appendleft((now - self._settle, up_to))  # still the newest settled id
+        moved = 0
+        while step := await rollup.fold(self._engine, up_to=up_to):
+            moved += step
+        self.folded_total += moved
+        return moved
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.fold_once()
+                self.last_error = None
+            except Exception as err:  # the store may be down: report and try again later
+                self.last_error = type(err).__name__
+                log.warning("rollup_fold_failed error=%s", type(err).__name__)
+            await asyncio.sleep(self._interval)
+
+
+class LagProbe:
+    """Event-loop lag: how late a ``sleep(interval)`` wakes up, measured continuously."""
+
+    def __init__(self, interval: float, report: Callable[[float], None]) -> None:
+        self._interval = interval
+        self._report = report
+        self._task: asyncio.Task[None] | None = None
+        self.lag = 0.0
+        self.max_lag = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="loop-lag-probe")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self._interval)
+            self.lag = max(0.0, loop.time() - before - self._interval)
+            self.max_lag = max(self.max_lag, self.lag)
+            self._report(self.lag)
+
+
+def rss_bytes() -> int | None:
+    """Resident memory of this process (Linux ``/proc``; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except (ImportError, OSError):
+        return None
