@@ -33,8 +33,14 @@ from tollhouse.config.schema import (
     LedgerConfig,
     LimitsConfig,
     ModelConfig,
+    CacheConfig,
+    CooldownConfig,
+    DeploymentConfig,
+    FallbackConfig,
+    HealthCheckConfig,
     Prices,
     RateLimitConfig,
+    RetryConfig,
     ServerConfig,
     StoreConfig,
     Timeouts,
@@ -62,6 +68,12 @@ SECTIONS: dict[type[BaseModel], str] = {
     Timeouts: "backends[].timeouts",
     Prices: "prices",
     ModelConfig: "models[]",
+    DeploymentConfig: "models[].deployments[]",
+    RetryConfig: "models[].retries",
+    FallbackConfig: "models[].fallbacks[]",
+    CooldownConfig: "models[].cooldown",
+    CacheConfig: "cache",
+    HealthCheckConfig: "backends[].health_check",
 }
 
 _ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|(.*)\|\s*$")

@@ -54,6 +54,15 @@ def traffic_config() -> dict[str, object]:
     config["budgets"] = [{"scope": "backend", "name": "mock", "max_usd": "10", "soft_usd": "8",
                           "period": "daily"}]  # fmt: skip
     config["rate_limits"] = [{"scope": "backend", "name": "free", "rpm": 1, "tpm": 1000}]
+    config["cache"] = {"enabled": True}
+    config["backends"][0]["health_check"] = {"interval": 60}  # type: ignore[index]
+    config["models"] += [  # type: ignore[operator]
+        {"name": "resilient", "strategy": "priority", "retries": {"attempts": 1, "backoff": 0},
+         "deployments": [{"backend": "mock", "model": "fail-500"},
+                         {"backend": "mock", "model": "echo", "priority": 1}]},
+        {"name": "spill", "backend": "mock", "model": "fail-429",
+         "fallbacks": [{"when": ["rate_limit"], "to": ["chat"]}]},
+    ]  # fmt: skip
     return config
 
 
@@ -77,15 +86,19 @@ def scraped() -> Iterator[tuple[str, dict[str, float]]]:
             ("unpriced", False),
             ("unpriced", False),  # over the backend's 1 rpm: rejected at the gate
             ("drop", True),
+            ("resilient", False),  # a retry
+            ("spill", False),  # a fallback
+            ("chat", False),  # answered from the cache
         ]:
             http.post(
                 "/chat/completions",
-                json={"model": model, "messages": MSG, "max_tokens": 3, "stream": stream},
-            )
+                json={"model": model, "messages": MSG, "max_tokens": 3, "stream": stream,
+                      "cache": model not in ("unpriced",)},
+            )  # fmt: skip
         assert http.post("/embeddings", json={"model": "embed", "input": "x"}).status_code == 200
         for _ in range(21):  # admin API without an admin key: 20 failures, then throttled
             httpx.get(gw.url + "/admin/v1/health")
-        gw.wait_events(8)
+        gw.wait_events(11)
         text = httpx.get(gw.url + "/metrics").text
         samples = {
             f"{s.name}{sorted(s.labels.items())}": s.value
@@ -137,7 +150,7 @@ def test_specific_values_after_traffic(scraped: tuple[str, dict[str, float]]) ->
     assert get("llm_ratelimit_limit", **rate, kind="requests") == 1
     assert get("llm_ratelimit_remaining", **rate, kind="requests") == 0
     # every request is either written to the ledger or waiting in its queue
-    assert get("tollhouse_ledger_backlog") + get("tollhouse_ledger_rows_written_total") == 8
+    assert get("tollhouse_ledger_backlog") + get("tollhouse_ledger_rows_written_total") == 11
     assert get("tollhouse_ledger_write_errors_total") == 0
     # the mock upstream counts down from 10000 per request served, as real ones do
     remaining = get(

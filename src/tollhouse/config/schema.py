@@ -44,6 +44,14 @@ class Timeouts(_Strict):
     stream_idle: float = Field(default=120.0, gt=0)
 
 
+class HealthCheckConfig(_Strict):
+    """Active probes: ``GET`` the backend's model list every ``interval`` seconds. A backend
+    whose probe fails leaves rotation until a probe succeeds again."""
+
+    interval: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=5.0, gt=0)
+
+
 class BackendConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     provider: ProviderName
@@ -58,6 +66,7 @@ class BackendConfig(_Strict):
     default_max_tokens: int = Field(default=4096, ge=1)
     prices: Prices | None = None
     price_provider: str | None = None
+    health_check: HealthCheckConfig | None = None
 
     @model_validator(mode="after")
     def _needs_url(self) -> BackendConfig:
@@ -74,11 +83,88 @@ class BackendConfig(_Strict):
         return DEFAULT_PRICE_PROVIDER[self.provider]
 
 
-class ModelConfig(_Strict):
-    name: str = Field(min_length=1)
+ErrorClass = Literal[
+    "rate_limit", "timeout", "network", "server_error", "invalid_response", "context_length",
+    "content_filter", "any",
+]  # fmt: skip
+RETRYABLE: tuple[ErrorClass, ...] = ("rate_limit", "timeout", "network", "server_error")
+Strategy = Literal["weighted", "least_in_flight", "lowest_latency", "lowest_cost", "priority"]
+
+
+class DeploymentConfig(_Strict):
+    """One place a public model can be served: a backend and its upstream model id."""
+
     backend: str
     model: str = Field(min_length=1, description="the upstream model id (Azure: the deployment)")
+    weight: float = Field(default=1.0, gt=0)
+    priority: int = Field(default=0, ge=0)
     prices: Prices | None = None
+
+
+class FallbackConfig(_Strict):
+    """When the group fails with one of ``when``, try the model groups in ``to``, in order.
+    (Not ``on``: YAML 1.1 reads a bare ``on`` key as the boolean true.)"""
+
+    when: list[ErrorClass] = Field(min_length=1)
+    to: list[str] = Field(min_length=1)
+
+
+class RetryConfig(_Strict):
+    """Retries within a group, only where safe: before any response (and, for streams,
+    before the first chunk reached the client). Exponential backoff with full jitter;
+    an upstream ``Retry-After`` is honoured up to ``max_retry_after``."""
+
+    attempts: int = Field(default=0, ge=0, le=10)
+    backoff: float = Field(default=0.1, ge=0)
+    max_backoff: float = Field(default=5.0, ge=0)
+    max_retry_after: float = Field(default=10.0, ge=0)
+    when: list[ErrorClass] = Field(default_factory=lambda: list(RETRYABLE))
+
+
+class CooldownConfig(_Strict):
+    """A deployment that fails more than ``failure_rate`` of at least ``min_calls`` calls in
+    ``window`` seconds, or answers 429, leaves rotation for ``period`` seconds."""
+
+    enabled: bool = True
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    min_calls: int = Field(default=5, ge=1)
+    window: float = Field(default=60.0, gt=0)
+    period: float = Field(default=30.0, gt=0)
+    on_rate_limit: bool = True
+
+
+class ModelConfig(_Strict):
+    """A public model name: one deployment (``backend`` + ``model``) or a group of them."""
+
+    name: str = Field(min_length=1)
+    backend: str | None = None
+    model: str | None = Field(default=None, min_length=1, description="the upstream model id")
+    prices: Prices | None = None
+    deployments: list[DeploymentConfig] | None = Field(default=None, min_length=1)
+    strategy: Strategy = "weighted"
+    fallbacks: list[FallbackConfig] = Field(default_factory=list)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> ModelConfig:
+        single = self.backend is not None or self.model is not None
+        if single and self.deployments is not None:
+            raise ValueError("give either backend + model, or deployments, not both")
+        if not single and self.deployments is None:
+            raise ValueError("give backend + model, or a list of deployments")
+        if single and (self.backend is None or self.model is None):
+            raise ValueError("backend and model go together")
+        if self.deployments is not None and self.prices is not None:
+            raise ValueError("with deployments, set prices on each deployment")
+        return self
+
+    def group(self) -> list[DeploymentConfig]:
+        """The deployments of this public model (one, for the single shape)."""
+        if self.deployments is not None:
+            return self.deployments
+        assert self.backend is not None and self.model is not None
+        return [DeploymentConfig(backend=self.backend, model=self.model, prices=self.prices)]
 
 
 class ServerConfig(_Strict):
@@ -164,6 +250,18 @@ class RateLimitConfig(_Strict):
     tpm: int | None = Field(default=None, ge=1)
 
 
+class CacheConfig(_Strict):
+    """Exact-match response cache. Off unless enabled here or on a key (``--cache``)."""
+
+    enabled: bool = False
+    backend: Literal["memory", "redis"] = "memory"
+    ttl: float = Field(default=300.0, gt=0)
+    max_entries: int = Field(default=10_000, ge=1)
+    scope: Literal["global", "team", "key"] = "team"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "tollhouse:cache:"
+
+
 class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -172,6 +270,7 @@ class Config(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     budgets: list[BudgetConfig] = Field(default_factory=list)
     rate_limits: list[RateLimitConfig] = Field(default_factory=list)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     backends: list[BackendConfig] = Field(min_length=1)
     models: list[ModelConfig] = Field(min_length=1)
 
@@ -203,12 +302,21 @@ class Config(_Strict):
                 raise ValueError(f"rate_limits[{i}]: backend {r.name!r} is not defined")
             if r.rpm is None and r.tpm is None:
                 raise ValueError(f"rate_limits[{i}]: set rpm, tpm or both")
+        public = set(models)
         for i, model in enumerate(self.models):
-            if model.backend not in known:
-                raise ValueError(
-                    f"models[{i}] ({model.name!r}): backend {model.backend!r} is not defined "
-                    f"(defined: {', '.join(names)})"
-                )
+            for dep in model.group():
+                if dep.backend not in known:
+                    raise ValueError(
+                        f"models[{i}] ({model.name!r}): backend {dep.backend!r} is not defined "
+                        f"(defined: {', '.join(names)})"
+                    )
+            for fallback in model.fallbacks:
+                for target in fallback.to:
+                    if target not in public or target == model.name:
+                        raise ValueError(
+                            f"models[{i}] ({model.name!r}): fallback {target!r} must be another "
+                            "defined model"
+                        )
         return self
 
     def backend(self, name: str) -> BackendConfig:

@@ -62,8 +62,54 @@ REQUEST_DURATION = MetricSpec(
 )  # fmt: skip
 UPSTREAM_DURATION = MetricSpec(
     "llm_upstream_duration_seconds", "histogram",
-    "Time spent waiting on the upstream provider for a request.",
+    "Duration of each upstream call (one per attempt: retries and fallbacks add calls).",
     TRAFFIC, DURATION_BUCKETS,
+)  # fmt: skip
+UPSTREAM_REQUESTS = MetricSpec(
+    "llm_upstream_requests_total", "counter",
+    "Upstream calls, one per attempt, by the model group, backend and provider that made them; "
+    "error_type is none for a call that succeeded.",
+    (*TRAFFIC, "outcome", "error_type"),
+)  # fmt: skip
+RETRIES = MetricSpec(
+    "llm_retries_total", "counter",
+    "Attempts that failed and were retried within their model group, by backend and error type.",
+    ("backend", "error_type"),
+)  # fmt: skip
+FALLBACKS = MetricSpec(
+    "llm_fallbacks_total", "counter",
+    "Requests that fell back from one model group to another; outcome is the request's.",
+    ("from_model", "to_model", "outcome"),
+)  # fmt: skip
+COOLDOWNS = MetricSpec(
+    "llm_cooldowns_total", "counter",
+    "Times a deployment left rotation, by backend and reason (rate_limit, failure_rate, budget).",
+    ("backend", "reason"), scrape_time=True,
+)  # fmt: skip
+DEPLOYMENT_STATE = MetricSpec(
+    "llm_deployment_state", "gauge",
+    "Each deployment's state: 0 healthy, 1 degraded (recent failures), 2 cooled down.",
+    ("model", "backend", "upstream_model"), scrape_time=True,
+)  # fmt: skip
+BACKEND_UP = MetricSpec(
+    "llm_backend_up", "gauge",
+    "Active health probe result per backend (1 up, 0 down); only backends with health_check.",
+    ("backend",), scrape_time=True,
+)  # fmt: skip
+CACHE_REQUESTS = MetricSpec(
+    "llm_cache_requests_total", "counter",
+    "Cache lookups by public model and result (hit or miss); bypassed requests are not counted.",
+    ("model", "result"),
+)  # fmt: skip
+CACHE_SAVED_TOKENS = MetricSpec(
+    "llm_cache_saved_tokens_total", "counter",
+    "Tokens a cache hit did not spend (what the cached answer used), by type.",
+    ("model", "type"),
+)  # fmt: skip
+CACHE_SAVED_COST = MetricSpec(
+    "llm_cache_saved_usd_total", "counter",
+    "US dollars cache hits did not spend (the cached answer's original cost).",
+    ("model",),
 )  # fmt: skip
 OVERHEAD = MetricSpec(
     "llm_gateway_overhead_seconds", "histogram",
@@ -195,6 +241,8 @@ CATALOG: tuple[MetricSpec, ...] = (
     UNPRICED, ERRORS, IN_FLIGHT, RATELIMIT_REQUESTS, RATELIMIT_TOKENS, BUILD_INFO, SINK_ERRORS,
     REJECTIONS, BUDGET_LIMIT, BUDGET_SOFT_LIMIT, BUDGET_SPEND, BUDGET_RESERVED, BUDGET_REMAINING,
     BUDGET_RESET, RATE_LIMIT, RATE_REMAINING, LEDGER_BACKLOG, LEDGER_WRITTEN, LEDGER_ERRORS,
+    UPSTREAM_REQUESTS, RETRIES, FALLBACKS, COOLDOWNS, DEPLOYMENT_STATE, BACKEND_UP, CACHE_REQUESTS,
+    CACHE_SAVED_TOKENS, CACHE_SAVED_COST,
 )  # fmt: skip
 
 

@@ -238,12 +238,15 @@ class AnthropicAdapter:
         payload.update(_tools(body))
         if stream:
             payload["stream"] = True  # Anthropic always reports usage in streams
-        headers = {"anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"}
-        if target.api_key:
-            headers["x-api-key"] = target.api_key
-        headers.update(target.headers)
+        headers = _headers(target)
         url = target.base_url.rstrip("/") + "/v1/messages"
         return UpstreamRequest("POST", url, headers, orjson.dumps(payload), stream=stream)
+
+    def probe_request(self, target: Target) -> UpstreamRequest:
+        """``GET /v1/models``: authenticated, cheap, and free of charge."""
+        headers = _headers(target)
+        headers.pop("content-type", None)
+        return UpstreamRequest("GET", target.base_url.rstrip("/") + "/v1/models", headers, b"")
 
     def parse_chat(self, payload: bytes, target: Target) -> Parsed:
         """Translate a whole Messages answer into an OpenAI ``chat.completion``."""
@@ -334,3 +337,11 @@ def _openai_message(content: list[Any]) -> JSON:
     if calls:
         message["tool_calls"] = calls
     return message
+
+
+def _headers(target: Target) -> dict[str, str]:
+    headers = {"anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"}
+    if target.api_key:
+        headers["x-api-key"] = target.api_key
+    headers.update(target.headers)
+    return headers

@@ -148,6 +148,8 @@ class MockTransport:
         }
 
     async def send(self, request: UpstreamRequest) -> MockResponse:
+        if request.method == "GET":  # the model list: what health probes ask for
+            return MockResponse(200, self._headers(), b'{"object":"list","data":[]}')
         body = orjson.loads(request.body)
         model = str(body.get("model", ""))
         how = parse_behaviour(model)

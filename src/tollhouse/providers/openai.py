@@ -115,6 +115,14 @@ class OpenAIAdapter:
             retry_after=classify.retry_after(headers),
         )
 
+    def probe_request(self, target: Target) -> UpstreamRequest:
+        headers = self._headers(target)
+        headers.pop("content-type", None)
+        return UpstreamRequest("GET", self._probe_url(target), headers, b"")
+
+    def _probe_url(self, target: Target) -> str:
+        return self._url(target, "models")
+
     def rate_limits(self, headers: Mapping[str, str]) -> RateLimitInfo:
         return RateLimitInfo(
             classify.header_number(headers, "x-ratelimit-remaining-requests"),
@@ -143,6 +151,9 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         if target.api_key:
             headers["api-key"] = target.api_key
         return headers
+
+    def _probe_url(self, target: Target) -> str:
+        return f"{target.base_url.rstrip('/')}/openai/models?api-version={target.api_version}"
 
 
 def _error_fields(payload: bytes) -> tuple[str, str]:

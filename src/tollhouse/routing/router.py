@@ -7,11 +7,14 @@ connection pool), built once at start-up; resolving is a dict lookup.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 from tollhouse.accounting.pricing import Price, PriceBook
-from tollhouse.config.schema import BackendConfig, Config
+from tollhouse.config.schema import BackendConfig, Config, CooldownConfig, ModelConfig
 from tollhouse.errors import ModelNotFound
 from tollhouse.providers.anthropic import AnthropicAdapter
 from tollhouse.providers.base import Adapter, Target, Transport
@@ -19,15 +22,70 @@ from tollhouse.providers.h1 import H1Transport
 from tollhouse.providers.http import HttpTransport
 from tollhouse.providers.mock import MockTransport
 from tollhouse.providers.openai import AzureOpenAIAdapter, OpenAIAdapter
+from tollhouse.routing.health import DeploymentHealth
+from tollhouse.routing.strategies import STRATEGIES
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Deployment:
-    model: str  # public name
+    """One backend + upstream model serving a public model; its health is live state."""
+
+    model: str  # the public name of its group
     target: Target
     adapter: Adapter
     transport: Transport
     price: Price | None
+    weight: float = 1.0
+    priority: int = 0
+    health: DeploymentHealth = field(default_factory=lambda: DeploymentHealth(CooldownConfig()))
+
+    @property
+    def latency(self) -> float | None:
+        return self.health.latency
+
+    @property
+    def in_flight(self) -> int:
+        return self.health.in_flight
+
+    @property
+    def unit_price(self) -> Decimal | None:
+        """Input plus output price per million tokens: what ``lowest_cost`` compares."""
+        return None if self.price is None else self.price.input.base + self.price.output.base
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGroup:
+    """A public model: its deployments, how to choose among them, and what to do on failure."""
+
+    name: str
+    deployments: tuple[Deployment, ...]
+    config: ModelConfig
+
+    def order(self, rng: random.Random) -> list[Deployment]:
+        """Available deployments, best first by the group's strategy. When every one is
+        cooled down, all of them, soonest back first: a group never refuses on its own."""
+        ready = [d for d in self.deployments if d.health.available()]
+        if not ready:
+            return sorted(
+                self.deployments, key=lambda d: max(d.health.cooled_until, d.health.exhausted_until)
+            )
+        ordered = STRATEGIES[self.config.strategy](ready, rng)
+        return [d for d in ordered if isinstance(d, Deployment)]
+
+    def fallbacks_for(self, error_class: str) -> list[str]:
+        out: list[str] = []
+        for rule in self.config.fallbacks:
+            if error_class in rule.when or "any" in rule.when:
+                out += [m for m in rule.to if m not in out]
+        return out
+
+    @property
+    def max_price(self) -> Price | None:
+        """The dearest deployment's price (the worst case a reservation must cover)."""
+        priced = [d.price for d in self.deployments if d.price is not None]
+        if not priced:
+            return None
+        return max(priced, key=lambda p: p.input.base + p.output.base)
 
 
 def make_adapter(backend: BackendConfig) -> Adapter:
@@ -64,10 +122,14 @@ def make_target(backend: BackendConfig, upstream_model: str, environ: Mapping[st
 
 
 class Router:
-    """Holds every deployment; must be built inside the running event loop."""
+    """Holds every group and deployment; must be built inside the running event loop."""
 
     def __init__(
-        self, config: Config, prices: PriceBook, environ: Mapping[str, str] | None = None
+        self,
+        config: Config,
+        prices: PriceBook,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         env = os.environ if environ is None else environ
         self._transports: dict[str, Transport] = {}
@@ -75,26 +137,32 @@ class Router:
         for backend in config.backends:
             self._transports[backend.name] = make_transport(backend)
             adapters[backend.name] = make_adapter(backend)
-        self._deployments: dict[str, Deployment] = {}
+        self._groups: dict[str, ModelGroup] = {}
         for model in config.models:
-            backend = config.backend(model.backend)
-            self._deployments[model.name] = Deployment(
-                model=model.name,
-                target=make_target(backend, model.model, env),
-                adapter=adapters[backend.name],
-                transport=self._transports[backend.name],
-                price=prices.price(backend, model.model, model.prices),
-            )
+            deployments = []
+            for dep in model.group():
+                backend = config.backend(dep.backend)
+                deployments.append(Deployment(
+                    model=model.name, target=make_target(backend, dep.model, env),
+                    adapter=adapters[backend.name], transport=self._transports[backend.name],
+                    price=prices.price(backend, dep.model, dep.prices),
+                    weight=dep.weight, priority=dep.priority,
+                    health=DeploymentHealth(model.cooldown, clock),
+                ))  # fmt: skip
+            self._groups[model.name] = ModelGroup(model.name, tuple(deployments), model)
         self.model_names: tuple[str, ...] = tuple(m.name for m in config.models)
 
-    def resolve(self, model: str) -> Deployment:
+    def resolve(self, model: str) -> ModelGroup:
         try:
-            return self._deployments[model]
+            return self._groups[model]
         except KeyError:
             raise ModelNotFound(
                 f"The model '{model[:200]}' does not exist or you do not have access to it.",
                 param="model",
             ) from None
+
+    def groups(self) -> list[ModelGroup]:
+        return list(self._groups.values())
 
     async def aclose(self) -> None:
         for transport in self._transports.values():
