@@ -253,3 +253,10 @@ def limits_config(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
             await client.aclose()
 
     run_sync(cleanup())
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for unreachable backends)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -125,7 +125,7 @@ def test_gateway_numbers_equal_the_upstream_ledger(
     ledger = {entry.request_id: entry for entry in up.ledger()}
     assert len(events) == len(items) == len(ledger)
 
-    price = gw.app.gateway.router.resolve("o-ok").price if gw.app.gateway else None
+    price = gw.app.gateway.router.resolve("o-ok").deployments[0].price if gw.app.gateway else None
     assert isinstance(price, Price)
 
     # request by request: the event's usage is what the upstream says it served

@@ -22,6 +22,7 @@ from tollhouse.accounting.event import Sink
 from tollhouse.accounting.ledger import LedgerWriter
 from tollhouse.accounting.pricing import PriceBook
 from tollhouse.admin.mount import AdminSettings, client_address, guarded_authenticator, open_admin
+from tollhouse.cache import MemoryCache, RedisCache, ResponseCache
 from tollhouse.config.schema import Config
 from tollhouse.errors import GatewayError, RouteNotFound
 from tollhouse.identity.directory import StoreDirectory, budget_rules_of, rate_rules_of
@@ -34,11 +35,13 @@ from tollhouse.limits.recovery import end_user_rules, recover_spend
 from tollhouse.limits.redis import RedisLimits
 from tollhouse.metrics.recorder import MetricsRecorder
 from tollhouse.metrics.registry import Metrics
+from tollhouse.metrics.routing_state import RoutingCollector
 from tollhouse.metrics.snapshot import LimitsSnapshot
 from tollhouse.proxy import routes
 from tollhouse.proxy.asgi import request_id
 from tollhouse.proxy.gateway import Gateway
 from tollhouse.proxy.responses import send_error
+from tollhouse.routing.probes import Prober
 from tollhouse.routing.router import Router
 from tollhouse.store.engine import Store
 from tollhouse.store.ledger import LedgerRepo
@@ -66,6 +69,9 @@ class App:
         self._clock = clock  # wall clock for budget and rate windows (tests move it)
         self.snapshot = LimitsSnapshot(None, clock)
         self.metrics.registry.register(self.snapshot)
+        self._router: Router | None = None
+        self.prober: Prober | None = None
+        self.metrics.registry.register(RoutingCollector(lambda: self._router, lambda: self.prober))
         self.prices = PriceBook()
         self._environ = environ
         self._extra_sinks = list(extra_sinks or [])
@@ -80,6 +86,10 @@ class App:
         async with AsyncExitStack() as stack:
             router = Router(config, self.prices, self._environ)  # pools need the loop
             stack.push_async_callback(router.aclose)
+            self._router = router
+            self.prober = Prober(router, config)
+            await self.prober.start()
+            stack.push_async_callback(self.prober.stop)
             store = Store(config.store.url)
             stack.push_async_callback(store.aclose)
             if config.store.migrate_on_start:
@@ -103,6 +113,8 @@ class App:
             gw = Gateway.build(config, router, self.prices, self.metrics,
                                self._sinks(ledger), auth, admission, self.snapshot)  # fmt: skip
             gw.end_users = EndUserDirectory(EndUsers(store.engine), config.auth.cache_ttl)
+            gw.cache = self._response_cache()
+            stack.push_async_callback(gw.cache.aclose)
             if config.limits.init_gauges:
                 rules = await self._budget_rules(store, admission)
                 self.snapshot.track(rules, await rate_rules_of(store))
@@ -121,6 +133,13 @@ class App:
 
     def _env(self) -> Mapping[str, str]:
         return os.environ if self._environ is None else self._environ
+
+    def _response_cache(self) -> ResponseCache:
+        """Built even when disabled in config: a key can turn caching on for itself."""
+        cfg = self.config.cache
+        if cfg.backend == "redis":
+            return RedisCache(cfg.redis_url, cfg.redis_prefix)
+        return MemoryCache(cfg.max_entries)
 
     def _limits_backend(self) -> LimitsBackend:
         limits = self.config.limits

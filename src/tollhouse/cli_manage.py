@@ -109,6 +109,7 @@ def _keys_create(args: argparse.Namespace) -> Callable[[Manager], Awaitable[obje
             models=args.models.split(",") if args.models else None,
             model_limits=dict(args.model_limit) if args.model_limit else None,
             limits=_limits(args), expires_in=args.expires_in,
+            cache=None if args.cache is None else args.cache == "on",
         )  # fmt: skip
         return {
             "secret": new.secret,
@@ -146,6 +147,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create.add_argument("--user", help="owner user alias")
     create.add_argument("--models", help="comma-separated public model names it may use")
     create.add_argument("--expires-in", help="e.g. 30d, 12h")
+    create.add_argument("--cache", choices=("on", "off"),
+                        help="turn the response cache on or off for this key (default: config)")  # fmt: skip
     create.add_argument("--model-limit", type=_model_limit, action="append",
                         help="per-model limit MODEL=RPM[:TPM]; repeat for more models")  # fmt: skip
     _limit_args(create)

@@ -154,6 +154,7 @@ class Rejected(GatewayError):
         super().__init__(message, headers=headers)
         self.reason = reason
         self.scope = scope
+        self.retry_after_seconds = retry_after
         if reason == "budget":
             self.type, self.code, self.error_type = (
                 "insufficient_quota",

@@ -30,6 +30,19 @@ class TokenSource(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """One upstream call made for a request (retries and fallbacks make several)."""
+
+    model: str  # the public model (group) this attempt served
+    backend: str
+    provider: str
+    upstream_model: str
+    error_type: ErrorType | None  # None: the call succeeded
+    duration: float
+    retried: bool  # another attempt in the same group followed this one
+
+
+@dataclass(frozen=True, slots=True)
 class UsageEvent:
     request_id: str
     started_at: float  # unix seconds
@@ -56,6 +69,11 @@ class UsageEvent:
     ttft: float | None  # streams: time to first content chunk, from request start
     ratelimit_remaining_requests: float | None = None
     ratelimit_remaining_tokens: float | None = None
+    attempts: tuple[Attempt, ...] = ()
+    fallbacks: tuple[tuple[str, str], ...] = ()  # (from model, to model), in order
+    cache: str = "off"  # "hit", "miss" or "off"
+    saved_usage: Usage | None = None  # a cache hit: what the original call used
+    saved_cost: Decimal | None = None
 
     @property
     def status_class(self) -> str:

@@ -56,7 +56,12 @@ def principal_of(key: ApiKey, team: Team | None, user: User | None) -> Principal
         models=allowed_models(key, team),
         budgets=tuple(budgets),
         rates=tuple(rates),
+        cache=_flag(key.metadata.get("cache")),
     )
+
+
+def _flag(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 class StoreDirectory:

@@ -123,6 +123,7 @@ class Manager:
         model_limits: dict[str, ModelLimit] | None = None,
         limits: LimitsInput = LimitsInput(),
         expires_in: str | None = None,
+        cache: bool | None = None,
     ) -> NewKey:
         secret, key_hash, prefix = keygen.generate()
         team_id, user_id = await self._team_id(team), await self._user_id(user)
@@ -132,6 +133,7 @@ class Manager:
                 team_id=team_id, user_id=user_id,
                 models=models, model_limits=model_limits, limits=limits.to_limits(),
                 expires_at=expiry(expires_in),
+                metadata={} if cache is None else {"cache": cache},
             )  # fmt: skip
         return NewKey(key, secret)
 

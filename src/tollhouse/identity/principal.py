@@ -38,6 +38,7 @@ class Principal:
     models: frozenset[str] | None  # None: every model
     budgets: tuple[BudgetRule, ...] = ()
     rates: tuple[RateRule, ...] = ()
+    cache: bool | None = None  # the key's own cache setting; None: the config's default
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models

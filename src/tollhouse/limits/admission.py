@@ -69,24 +69,17 @@ class Admission:
         self._queue: asyncio.Queue[tuple[Admitted, Settlement] | None] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
 
-    def rules(
+    def caller_rules(
         self,
         who: Principal,
         model: str,
-        backend: str,
-        provider: str,
         end_user: str | None,
         end_user_limits: Limits | None = None,
     ) -> tuple[list[BudgetRule], list[RateRule]]:
-        """Every rule for this request. An end user's own row in the store overrides the
-        configured default budget for end users."""
-        budgets = [
-            *who.budgets,
-            *self._by_backend.get(backend, ()),
-            *self._by_provider.get(provider, ()),
-        ]
+        """The caller's rules: key, key+model, team, user, and the end user (whose own row in
+        the store overrides the configured default budget for end users)."""
+        budgets = list(who.budgets)
         rates = [r for r in who.rates if r.model is None or r.model == model]
-        rates += self._rates.get(backend, ())
         if end_user is None:
             return budgets, rates
         if end_user_limits is not None and end_user_limits.max_budget_nusd is not None:
@@ -98,20 +91,18 @@ class Admission:
             rates += rate_rules("end_user", end_user, end_user_limits)
         return budgets, rates
 
+    def deployment_rules(
+        self, backend: str, provider: str
+    ) -> tuple[list[BudgetRule], list[RateRule]]:
+        """The serving deployment's rules: its backend's and provider's budgets, its backend's rates."""
+        budgets = [*self._by_backend.get(backend, ()), *self._by_provider.get(provider, ())]
+        return budgets, list(self._rates.get(backend, ()))
+
     async def admit(
-        self,
-        who: Principal,
-        *,
-        model: str,
-        backend: str,
-        provider: str,
-        end_user: str | None,
-        worst_cost: Decimal,
-        worst_tokens: int,
-        rules: tuple[list[BudgetRule], list[RateRule]] | None = None,
+        self, rules: tuple[list[BudgetRule], list[RateRule]], worst_cost: Decimal, worst_tokens: int
     ) -> Ticket | None:
         """Reserve, or raise ``Rejected``. ``None`` when no rule applies (nothing to settle)."""
-        budgets, rates = rules or self.rules(who, model, backend, provider, end_user)
+        budgets, rates = rules
         if not budgets and not rates:
             return None
         now = self._clock()
@@ -120,6 +111,10 @@ class Admission:
         if not isinstance(result, Admitted):
             raise rejection(p, result, now)
         return Ticket(p, result, rate_headers(p, result, now))
+
+    def release(self, ticket: Ticket) -> None:
+        """An attempt that served nothing: give back its reservation and its rate charges."""
+        self._queue.put_nowait((ticket.admitted, Settlement(0, [0] * len(ticket.plan.rate_rules))))
 
     def settle(self, ticket: Ticket, event: UsageEvent) -> None:
         """Queue the real cost and tokens of a finished request (never blocks the caller)."""

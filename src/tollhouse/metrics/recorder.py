@@ -39,8 +39,7 @@ class MetricsRecorder:
         child(m.requests, *traffic, event.key, event.team, outcome, event.status_class).inc()
         child(m.request_duration, *traffic, outcome, stream).observe(event.duration)
         child(m.overhead, stream).observe(event.overhead)
-        if event.upstream_duration is not None:
-            child(m.upstream_duration, *traffic).observe(event.upstream_duration)
+        self._attempts(event)
         if event.ttft is not None:
             child(m.ttft, *traffic).observe(event.ttft)
             tpot = event.time_per_output_token
@@ -57,6 +56,30 @@ class MetricsRecorder:
             child(m.ratelimit_tokens, event.backend, event.upstream_model).set(
                 event.ratelimit_remaining_tokens
             )
+
+    def _attempts(self, event: UsageEvent) -> None:
+        """Every upstream call of the request: one sample each (no double counting of the
+        request itself, which ``llm_requests_total`` counts once)."""
+        m, child = self._m, self._child
+        for a in event.attempts:
+            kind = a.error_type.value if a.error_type is not None else "none"
+            outcome = "success" if a.error_type is None else "error"
+            child(m.upstream_requests, a.model, a.backend, a.provider, outcome, kind).inc()
+            child(m.upstream_duration, a.model, a.backend, a.provider).observe(a.duration)
+            if a.retried:
+                child(m.retries, a.backend, kind).inc()
+        for origin, target in event.fallbacks:
+            child(m.fallbacks, origin, target, event.outcome.value).inc()
+        if event.cache != "off":
+            child(m.cache_requests, event.model, event.cache).inc()
+        saved = event.saved_usage
+        if saved is not None:
+            for kind in _TOKEN_TYPES:
+                count = getattr(saved, kind)
+                if count:
+                    child(m.cache_saved_tokens, event.model, kind).inc(count)
+            if event.saved_cost:
+                child(m.cache_saved_cost, event.model).inc(float(event.saved_cost))
 
     def _tokens_and_cost(self, event: UsageEvent, traffic: tuple[str, str, str]) -> None:
         m, child = self._m, self._child

@@ -15,14 +15,17 @@ from typing import Any
 
 from tollhouse.accounting.tokens import estimate_prompt_tokens
 from tollhouse.accounting.usage import Usage
+from tollhouse.cache import strip_flag
 from tollhouse.errors import ErrorType, UpstreamError, UpstreamFailed
 from tollhouse.providers.base import StreamTranslator, UpstreamResponse
 from tollhouse.proxy import validate
 from tollhouse.proxy.asgi import Scope, parse_json, read_body
+from tollhouse.proxy.caching import Lookup, rebuild_stream
 from tollhouse.proxy.context import RequestContext, perf
 from tollhouse.proxy.exchange import call_upstream, reply_json, response_headers
 from tollhouse.proxy.gateway import Gateway
 from tollhouse.proxy.responses import stream_error_event
+from tollhouse.routing.router import Deployment
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -31,34 +34,51 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     body = parse_json(await read_body(scope, receive, gw.config.server.max_body_bytes))
     params = validate.chat(body)
     ctx.stream = params.stream
-    dep = gw.route(ctx, params.model)
+    gw.route(ctx, params.model)
     ctx.end_user = params.end_user
-    out_cap = params.max_tokens or gw.config.limits.reserve_output_tokens
-    await gw.admit(ctx, estimate_prompt_tokens(params.messages), out_cap)
-    request = dep.adapter.chat_request(body, dep.target, stream=params.stream)
-    request.headers["x-request-id"] = ctx.request_id
-    if not params.stream:
-        payload = await call_upstream(ctx, request)
+    lookup = Lookup(gw.cache, gw.config.cache, ctx, scope, body)
+    if await lookup.replay(ctx, send, params.stream, params.wants_usage):
+        return  # a hit: nothing upstream, nothing reserved
+    upstream_body = strip_flag(body)
+    prompt = estimate_prompt_tokens(params.messages)
+    await gw.admit(ctx, prompt, params.max_tokens or gw.config.limits.reserve_output_tokens)
+
+    async def attempt(dep: Deployment) -> None:
+        request = dep.adapter.chat_request(upstream_body, dep.target, stream=params.stream)
+        request.headers["x-request-id"] = ctx.request_id
+        if params.stream:
+            tap: list[bytes] | None = [] if lookup.key is not None else None
+            usage = await _stream(ctx, dep, request, params, receive, send, tap)
+            if tap is not None and usage is not None:
+                await lookup.store(ctx, rebuild_stream(tap, usage), usage)
+            return
+        payload = await call_upstream(ctx, dep, request)
         try:
             parsed = dep.adapter.parse_chat(payload, dep.target)
         except UpstreamError:
             # A 2xx means the upstream took the prompt; an unreadable answer still costs it.
-            ctx.estimated(Usage(input=estimate_prompt_tokens(params.messages)))
+            ctx.estimated(Usage(input=prompt))
             raise
         if parsed.usage is None:
-            ctx.estimated(Usage(input=estimate_prompt_tokens(params.messages)))
+            ctx.estimated(Usage(input=prompt))
         else:
-            ctx.usage = parsed.usage
+            ctx.charge(parsed.usage)
         await reply_json(ctx, send, 200, parsed.body)
-        return
-    await _stream(ctx, request, params, receive, send)
+        await lookup.store(ctx, parsed.body, parsed.usage)
+
+    await gw.execute(ctx, attempt)
 
 
 async def _stream(
-    ctx: RequestContext, request: Any, params: validate.ChatParams, receive: Any, send: Any
-) -> None:
-    dep = ctx.deployment
-    assert dep is not None
+    ctx: RequestContext,
+    dep: Deployment,
+    request: Any,
+    params: validate.ChatParams,
+    receive: Any,
+    send: Any,
+    tap: list[bytes] | None = None,
+) -> Usage | None:
+    """Relay one upstream stream; return its reported usage when it completed (for the cache)."""
     started = perf()
     resp = await dep.transport.send(request)
     ctx.waited += perf() - started
@@ -71,7 +91,7 @@ async def _stream(
         ctx.upstream_duration = perf() - started
         raise dep.adapter.classify(resp.status, payload, resp.headers)
     translator = dep.adapter.chat_stream(dep.target, client_wants_usage=params.wants_usage)
-    relay = _Relay(ctx, translator, send)
+    relay = _Relay(ctx, translator, send, tap)
     task = asyncio.current_task()
     assert task is not None
 
@@ -91,7 +111,7 @@ async def _stream(
         ctx.cancel(200 if relay.started else 499)
     except UpstreamError as err:
         if not relay.started:
-            raise
+            raise  # nothing reached the client: routing may retry or fall back
         ctx.fail(UpstreamFailed.from_upstream(err))
         ctx.status = 200  # the headers already said 200; the error went in-stream
         await relay.send_quietly(stream_error_event(UpstreamFailed.from_upstream(err)))
@@ -102,6 +122,7 @@ async def _stream(
         await resp.aclose()
         _settle_usage(ctx, translator, params, complete)
     await relay.end()
+    return translator.usage if complete else None
 
 
 async def _client_gone(receive: Any) -> None:
@@ -121,7 +142,7 @@ def _settle_usage(
     stream that breaks or is cancelled is charged its prompt and the chunks seen.
     """
     if complete and t.usage is not None:
-        ctx.usage = t.usage
+        ctx.charge(t.usage)
         return
     known = t.usage
     ctx.estimated(
@@ -137,10 +158,13 @@ def _settle_usage(
 class _Relay:
     """Moves translated chunks to the client, noting the first token and time spent waiting."""
 
-    def __init__(self, ctx: RequestContext, translator: StreamTranslator, send: Any) -> None:
+    def __init__(
+        self, ctx: RequestContext, translator: StreamTranslator, send: Any, tap: list[bytes] | None
+    ) -> None:
         self.ctx = ctx
         self.t = translator
         self.send = send
+        self.tap = tap  # a copy of what the client got, when the answer will be cached
         self.started = False
         self.closed = False
 
@@ -175,6 +199,8 @@ class _Relay:
             self.started = True
             headers = [*SSE_HEADERS, *response_headers(self.ctx)]
             await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        if self.tap is not None:
+            self.tap.append(data)
         before = perf()
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
         self.ctx.waited += perf() - before

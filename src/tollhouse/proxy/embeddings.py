@@ -12,25 +12,31 @@ from tollhouse.proxy.asgi import Scope, parse_json, read_body
 from tollhouse.proxy.context import RequestContext
 from tollhouse.proxy.exchange import call_upstream, reply_json
 from tollhouse.proxy.gateway import Gateway
+from tollhouse.routing.router import Deployment
 
 
 async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, send: Any) -> None:
     body = parse_json(await read_body(scope, receive, gw.config.server.max_body_bytes))
     model, value = validate.embeddings(body)
-    dep = gw.route(ctx, model)
+    gw.route(ctx, model)
     user = body.get("user")
     ctx.end_user = user if isinstance(user, str) and user else None
-    await gw.admit(ctx, estimate_input_tokens(value), 0)
-    request = dep.adapter.embeddings_request(body, dep.target)
-    request.headers["x-request-id"] = ctx.request_id
-    payload = await call_upstream(ctx, request)
-    try:
-        parsed = dep.adapter.parse_embeddings(payload, dep.target)
-    except UpstreamError:
-        ctx.estimated(Usage(input=estimate_input_tokens(value)))  # the upstream took the input
-        raise
-    if parsed.usage is None:
-        ctx.estimated(Usage(input=estimate_input_tokens(value)))
-    else:
-        ctx.usage = parsed.usage
-    await reply_json(ctx, send, 200, parsed.body)
+    tokens = estimate_input_tokens(value)
+    await gw.admit(ctx, tokens, 0)
+
+    async def attempt(dep: Deployment) -> None:
+        request = dep.adapter.embeddings_request(body, dep.target)
+        request.headers["x-request-id"] = ctx.request_id
+        payload = await call_upstream(ctx, dep, request)
+        try:
+            parsed = dep.adapter.parse_embeddings(payload, dep.target)
+        except UpstreamError:
+            ctx.estimated(Usage(input=tokens))  # the upstream took the input
+            raise
+        if parsed.usage is None:
+            ctx.estimated(Usage(input=tokens))
+        else:
+            ctx.charge(parsed.usage)
+        await reply_json(ctx, send, 200, parsed.body)
+
+    await gw.execute(ctx, attempt)

@@ -7,6 +7,7 @@ from typing import Any
 from tollhouse.providers.base import UpstreamRequest
 from tollhouse.proxy.asgi import Headers, send_bytes
 from tollhouse.proxy.context import RequestContext, perf
+from tollhouse.routing.router import Deployment
 
 OVERHEAD_HEADER = b"x-tollhouse-overhead-ms"
 
@@ -17,15 +18,22 @@ def response_headers(ctx: RequestContext) -> Headers:
         (b"x-request-id", ctx.request_id.encode()),
         (OVERHEAD_HEADER, f"{ctx.overhead_so_far() * 1000:.3f}".encode()),
     ]
+    dep = ctx.deployment
+    if dep is not None:  # which deployment served, after how many upstream calls
+        headers += [
+            (b"x-tollhouse-backend", dep.target.backend.encode()),
+            (b"x-tollhouse-model", dep.model.encode()),
+            (b"x-tollhouse-attempts", str(len(ctx.attempts) + 1).encode()),
+        ]
+    if ctx.cache != "off":
+        headers.append((b"x-tollhouse-cache", ctx.cache.encode()))
     if ctx.ticket is not None:
         headers += ctx.ticket.headers
     return headers
 
 
-async def call_upstream(ctx: RequestContext, request: UpstreamRequest) -> bytes:
+async def call_upstream(ctx: RequestContext, dep: Deployment, request: UpstreamRequest) -> bytes:
     """Send, read the whole body, classify failures; time spent counts as waiting."""
-    dep = ctx.deployment
-    assert dep is not None
     started = perf()
     try:
         resp = await dep.transport.send(request)

@@ -1,29 +1,43 @@
-"""The gateway's runtime state, built once by the app lifespan and handed to the routes."""
+"""The gateway's runtime state, built once by the app lifespan and handed to the routes.
+
+Admission happens in two parts. The caller's limits (key, key+model, team, user,
+end user) are reserved once per request, at the worst case over every
+deployment the request might reach (its group and the group's fallbacks). The
+deployment's limits (its backend's and provider's budgets, the backend's rate
+limits) are reserved per attempt, so a backend that is out of budget or rate is
+skipped and the request moves on to the next deployment.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from decimal import Decimal
 
-from tollhouse.accounting.event import Sink, Sinks
-from tollhouse.accounting.pricing import PriceBook, cost
+from tollhouse.accounting.event import Attempt, Outcome, Sink, Sinks
+from tollhouse.accounting.pricing import Price, PriceBook, cost
 from tollhouse.accounting.usage import Usage
+from tollhouse.cache import ResponseCache
 from tollhouse.config.schema import Config
 from tollhouse.errors import (
+    ErrorType,
     GatewayError,
     LimitsUnavailable,
     ModelNotAllowed,
     Rejected,
     Unauthorized,
+    UpstreamError,
 )
 from tollhouse.identity.auth import Authenticator
 from tollhouse.identity.end_users import EndUserDirectory
-from tollhouse.limits.admission import Admission
+from tollhouse.identity.principal import BudgetRule, RateRule
+from tollhouse.limits.admission import Admission, Ticket
 from tollhouse.metrics.registry import Metrics
 from tollhouse.metrics.snapshot import LimitsSnapshot
 from tollhouse.proxy.context import RequestContext
-from tollhouse.routing.router import Deployment, Router
+from tollhouse.routing.executor import Call, Executor
+from tollhouse.routing.router import Deployment, ModelGroup, Router
 
 log = logging.getLogger("tollhouse")
 
@@ -39,7 +53,9 @@ class Gateway:
     admission: Admission | None
     snapshot: LimitsSnapshot
     end_users: EndUserDirectory | None = None
+    cache: ResponseCache | None = None
     ready: bool = False
+    rng: random.Random = field(default_factory=random.Random)
 
     @classmethod
     def build(cls, config: Config, router: Router, prices: PriceBook, metrics: Metrics,
@@ -54,39 +70,45 @@ class Gateway:
             config, router, prices, metrics, Sinks(sinks, on_error), auth, admission, snapshot
         )
 
-    def route(self, ctx: RequestContext, model: str) -> Deployment:
-        """Resolve the model for a request and count it in flight until ``done``."""
-        dep = self.router.resolve(model)
-        ctx.deployment = dep
-        self.metrics.in_flight.labels(dep.model).inc()
-        return dep
+    def route(self, ctx: RequestContext, model: str) -> ModelGroup:
+        """Resolve the public model and count the request in flight until ``done``."""
+        group = self.router.resolve(model)
+        ctx.group = group
+        self.metrics.in_flight.labels(group.name).inc()
+        return group
+
+    def _worst_price(self, group: ModelGroup) -> Price | None:
+        """The dearest price among every deployment this request could reach."""
+        groups = [group, *(self.router.resolve(m) for f in group.config.fallbacks for m in f.to)]
+        prices = [p for g in groups if (p := g.max_price) is not None]
+        return max(prices, key=lambda p: p.input.base + p.output.base) if prices else None
 
     async def admit(self, ctx: RequestContext, input_tokens: int, output_tokens: int) -> None:
-        """Check the model is allowed, then reserve the worst case against every limit."""
-        dep = ctx.deployment
-        assert dep is not None
-        if not ctx.principal.allows(dep.model):
+        """Check the model is allowed, then reserve the caller's limits for the worst case."""
+        group = ctx.group
+        assert group is not None
+        if not ctx.principal.allows(group.name):
             raise ModelNotAllowed(
-                f"The key '{ctx.principal.key}' may not use the model '{dep.model}'.", param="model"
+                f"The key '{ctx.principal.key}' may not use the model '{group.name}'.",
+                param="model",
             )
         if self.admission is None:
             return
-        worst = Usage(input=input_tokens, output=output_tokens)
-        worst_cost = cost(worst, dep.price) if dep.price is not None else Decimal(0)
-        target = dep.target
+        ctx.worst = Usage(input=input_tokens, output=output_tokens)
+        price = self._worst_price(group)
         overrides = None
         if ctx.end_user is not None and self.end_users is not None:
             overrides = await self.end_users.limits(ctx.end_user)
-        rules = self.admission.rules(
-            ctx.principal, dep.model, target.backend, target.provider, ctx.end_user, overrides
-        )
+        rules = self.admission.caller_rules(ctx.principal, group.name, ctx.end_user, overrides)
+        ctx.ticket = await self._reserve(rules, price, ctx.worst)
+
+    async def _reserve(self, rules: tuple[list[BudgetRule], list[RateRule]], price: Price | None,
+                       worst: Usage) -> Ticket | None:  # fmt: skip
+        assert self.admission is not None
         self.snapshot.track(*rules)
+        worst_cost = cost(worst, price) if price is not None else Decimal(0)
         try:
-            ctx.ticket = await self.admission.admit(
-                ctx.principal, model=dep.model, backend=target.backend, provider=target.provider,
-                end_user=ctx.end_user, worst_cost=worst_cost,
-                worst_tokens=input_tokens + output_tokens, rules=rules,
-            )  # fmt: skip
+            return await self.admission.admit(rules, worst_cost, worst.input + worst.output)
         except GatewayError:
             raise
         except Exception as err:  # the counters' store is down: refuse, clearly and counted
@@ -94,6 +116,11 @@ class Gateway:
             raise LimitsUnavailable(
                 "The gateway cannot check budgets and rate limits right now; try again shortly."
             ) from err
+
+    async def execute(self, ctx: RequestContext, call: Call) -> None:
+        """Serve through the group's deployments, with retries and fallbacks."""
+        assert ctx.group is not None
+        await Executor(self.router, self.rng).run(ctx.group, call, _Hooks(self, ctx))
 
     def rejected(self, err: GatewayError) -> None:
         """Count refusals at the gate by reason and scope."""
@@ -106,9 +133,53 @@ class Gateway:
 
     def done(self, ctx: RequestContext) -> None:
         """Turn the request into its one UsageEvent, hand it to every sink, settle limits."""
-        if ctx.deployment is not None:
-            self.metrics.in_flight.labels(ctx.deployment.model).dec()
+        if ctx.group is not None:
+            self.metrics.in_flight.labels(ctx.group.name).dec()
         event = ctx.finish(self.prices)
         self.sinks.emit(event)
-        if ctx.ticket is not None and self.admission is not None:
-            self.admission.settle(ctx.ticket, event)
+        if self.admission is not None:
+            for ticket in (ctx.ticket, ctx.attempt_ticket):
+                if ticket is not None:
+                    self.admission.settle(ticket, event)
+
+
+class _Hooks:
+    """What the proxy does around each upstream attempt the executor makes."""
+
+    def __init__(self, gw: Gateway, ctx: RequestContext) -> None:
+        self.gw, self.ctx = gw, ctx
+
+    async def before(self, dep: Deployment) -> None:
+        ctx, gw = self.ctx, self.gw
+        ctx.deployment = dep
+        if gw.admission is None:
+            return
+        rules = gw.admission.deployment_rules(dep.target.backend, dep.target.provider)
+        if rules[0] or rules[1]:
+            ctx.attempt_ticket = await gw._reserve(rules, dep.price, ctx.worst)
+
+    def after(
+        self, dep: Deployment, error: UpstreamError | None, duration: float, retried: bool
+    ) -> None:
+        ctx = self.ctx
+        kind = error.error_type if error is not None else self.soft_error()
+        t = dep.target
+        ctx.attempts.append(Attempt(dep.model, t.backend, t.provider, t.upstream_model, kind,
+                                    duration, retried))  # fmt: skip
+        if ctx.ratelimit is not None:
+            dep.health.upstream_remaining(
+                ctx.ratelimit.remaining_requests, ctx.ratelimit.remaining_tokens
+            )
+        if error is not None and ctx.attempt_ticket is not None and self.gw.admission is not None:
+            self.gw.admission.release(ctx.attempt_ticket)  # that deployment served nothing
+            ctx.attempt_ticket = None
+
+    def soft_error(self) -> ErrorType | None:
+        """A stream that failed after its first chunk ends without an exception; say so."""
+        ctx = self.ctx
+        if ctx.outcome is Outcome.ERROR or ctx.outcome is Outcome.CANCELLED:
+            return ctx.error_type
+        return None
+
+    def fell_back(self, origin: str, target: str) -> None:
+        self.ctx.fallbacks.append((origin, target))
