@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from tollhouse import __version__
 from tollhouse.accesslog import BatchingStreamHandler
 from tollhouse.cli_manage import add_commands
 from tollhouse.config import ConfigError, load_config
+from tollhouse.config.schema import Config
+
+CONFIG_ENV = "TOLLHOUSE_CONFIG"  # the config path, for workers started by import string
 
 
 def _configure_logging(level: str, access_log: bool) -> None:
@@ -51,13 +57,16 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logging(server.log_level, server.access_log)
     host = args.host or server.host
     port = server.port if args.port is None else args.port
-    app = create_app(config)
     loop = "uvloop" if sys.platform != "win32" else "asyncio"
     logging.getLogger("tollhouse").info(
-        "serving on http://%s:%s config=%s", host, port, args.config or "<embedded defaults>"
-    )
+        "serving on http://%s:%s config=%s workers=%d",
+        host, port, args.config or "<embedded defaults>", args.workers,
+    )  # fmt: skip
+    target = _prepare_workers(args, config) if args.workers > 1 else create_app(config)
     uvicorn.run(
-        app,
+        target,
+        factory=args.workers > 1,
+        workers=args.workers,
         host=host,
         port=port,
         loop=loop,
@@ -68,6 +77,41 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=30,
     )
     return 0
+
+
+def _prepare_workers(args: argparse.Namespace, config: Config) -> str:
+    """Set up ``--workers N``: uvicorn starts each worker from an import string, so the
+    config path travels in the environment; metrics use prometheus_client's
+    multi-process mode in a directory emptied now, before any worker writes to it;
+    the store is migrated once here rather than by N workers racing."""
+    import asyncio
+    import tempfile
+
+    from tollhouse.metrics import multiprocess
+    from tollhouse.store.migrate import migrate
+
+    shared = multiprocess.directory() or Path(tempfile.mkdtemp(prefix="tollhouse-metrics-"))
+    multiprocess.prepare(shared)
+    os.environ[multiprocess.ENV] = str(shared)
+    os.environ[CONFIG_ENV] = str(Path(args.config).resolve()) if args.config else ""
+    if config.store.migrate_on_start:
+        asyncio.run(migrate(config.store.url))
+    return "tollhouse.cli:app_from_env"
+
+
+def app_from_env() -> Any:
+    """The app factory each worker runs (``--workers N``): config from ``TOLLHOUSE_CONFIG``."""
+    import atexit
+
+    from tollhouse.app import create_app
+    from tollhouse.metrics import multiprocess
+
+    config = load_config(os.environ.get(CONFIG_ENV) or None)
+    _configure_logging(config.server.log_level, config.server.access_log)
+    shared = multiprocess.directory()
+    if shared is not None:  # a worker that exits drops its live gauges (in flight)
+        atexit.register(multiprocess.worker_exited, shared, os.getpid())
+    return create_app(config)
 
 
 def _print_problems(err: ConfigError) -> None:
@@ -96,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="YAML config file")
     serve.add_argument("--host", help="bind address (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: server.port, 4000)")
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="worker processes (default 1); /metrics merges them (docs/monitoring.md)",
+    )  # fmt: skip
     serve.set_defaults(func=_serve)
     check = sub.add_parser("check-config", help="validate a config file and explain what is wrong")
     check.add_argument("file")

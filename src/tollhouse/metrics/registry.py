@@ -10,14 +10,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from tollhouse import __version__
 from tollhouse.metrics import catalog as c
 from tollhouse.metrics.catalog import MetricSpec
+from tollhouse.metrics.multiprocess import gauge_mode
 
 
 def build(spec: MetricSpec, registry: CollectorRegistry) -> Any:
     """Create the prometheus_client object for ``spec`` on ``registry``."""
     if spec.kind == "counter":
         return Counter(spec.name, spec.help, spec.labels, registry=registry)
-    if spec.kind == "gauge":
-        return Gauge(spec.name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "gauge":  # the mode only matters with several workers (multiprocess.py)
+        mode = gauge_mode(spec.name)
+        return Gauge(spec.name, spec.help, spec.labels, registry=registry, multiprocess_mode=mode)
     return Histogram(
         spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets or ()
     )
