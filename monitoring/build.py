@@ -157,6 +157,10 @@ PROVIDERS = Dashboard(
         Panel("Deployment state (0 healthy, 1 degraded, 2 cooled down)", (q(
             f"max by (model, backend, upstream_model) (llm_deployment_state{{{MB}}})",
             "{{model}} {{backend}} {{upstream_model}}"),), "short", "table"),
+        Panel("Backend up (active health probes)", (q(
+            'max by (backend) (llm_backend_up{backend=~"$backend"})', "{{backend}}"),),
+            "short", "table", description="Only backends with a health_check report this.",
+            populated=False),
         Panel("Cooldowns", (q(
             'sum by (backend, reason) (increase(llm_cooldowns_total{backend=~"$backend"}[$__range]))',
             "{{backend}} {{reason}}"),), "short", "bargauge"),
