@@ -257,3 +257,32 @@ def test_rule_names_follow_the_conventions(path: Path) -> None:
                 assert rule["alert"].startswith("Tollhouse")
                 assert rule["labels"]["severity"] in ("info", "warning", "critical")
                 assert rule["annotations"]["summary"]
+
+
+def test_the_example_prometheus_config_is_valid() -> None:
+    """``promtool check config`` accepts the example prometheus.yml and finds its rules."""
+    need(shutil.which("promtool") is not None, "promtool is not installed")
+    result = subprocess.run(
+        ["promtool", "check", "config", str(MONITORING / "prometheus.yml")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 14 rules found" in result.stdout + result.stderr
+
+
+def test_the_alertmanager_route_names_only_our_alerts() -> None:
+    """Every alert name the example Alertmanager routes on exists in the alert rules."""
+    config = yaml.safe_load((MONITORING / "alertmanager" / "alertmanager.yml").read_text())
+    matchers = [m for r in config["route"]["routes"] for m in r["matchers"]]
+    for rule in config["inhibit_rules"]:
+        matchers += rule["source_matchers"] + rule["target_matchers"]
+    alerts = {r["alert"] for r in rules() if "alert" in r}
+    receivers = {r["name"] for r in config["receivers"]}
+    assert {
+        config["route"]["receiver"],
+        *(r["receiver"] for r in config["route"]["routes"]),
+    } <= receivers
+    for matcher in matchers:
+        name, op, value = re.fullmatch(r'(\w+)(=~|!=|=)"(.*)"', matcher).groups()  # type: ignore[union-attr]
+        if name == "alertname" and op != "!=":
+            assert any(re.fullmatch(value, alert) for alert in alerts), matcher
