@@ -1,0 +1,120 @@
+"""``Call``: one provider call from its start to its single ``UsageEvent``.
+
+Library mode has no gateway in the path, so an event's ``duration`` is the
+whole call as the application saw it (SDK retries included),
+``upstream_duration`` equals it and ``overhead`` is zero; the instrumentation's
+own cost is measured by ``bench/instrument_bench.py`` instead.
+
+A call ends exactly once: whichever of success, failure, close or finalizer
+comes first writes the event, and the rest are no-ops.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+from tollhouse.accounting.event import NONE, Outcome, TokenSource, UsageEvent
+from tollhouse.accounting.pricing import cost
+from tollhouse.accounting.usage import ZERO_USAGE, Usage
+from tollhouse.errors import ErrorType
+from tollhouse.instrument.core import Instrumentation, Site
+
+perf = time.perf_counter
+_ids = itertools.count(1)
+
+
+class Call:
+    """Bookkeeping for one call; ``end`` turns it into the event and records it."""
+
+    __slots__ = (
+        "_gauge",
+        "_inst",
+        "_site",
+        "done",
+        "model",
+        "operation",
+        "started_at",
+        "stream",
+        "t0",
+        "ttft",
+    )
+
+    def __init__(
+        self, inst: Instrumentation, where: Site, operation: str, model: str, stream: bool
+    ) -> None:
+        self._inst = inst
+        self._site = where
+        self.operation = operation
+        self.model = model
+        self.stream = stream
+        self.ttft: float | None = None
+        self.done = False
+        self._gauge = inst.in_flight(model)
+        self._gauge.inc()
+        self.started_at = time.time()
+        self.t0 = perf()
+
+    def first_token(self) -> None:
+        """Note the time to first token (the first call wins)."""
+        if self.ttft is None:
+            self.ttft = perf() - self.t0
+
+    def end(
+        self,
+        outcome: Outcome,
+        *,
+        status: int = 200,
+        error_type: ErrorType | None = None,
+        usage: Usage = ZERO_USAGE,
+        source: TokenSource = TokenSource.REPORTED,
+        response_model: str | None = None,
+        request_id: str | None = None,
+        deferred: bool = False,
+    ) -> None:
+        """Finish the call; ``deferred`` (from a finalizer) queues it instead of recording."""
+        if self.done:
+            return
+        self.done = True
+        duration = perf() - self.t0
+        inst, where, model = self._inst, self._site, self.model
+        price = inst.price(where, model)
+        amount = cost(usage, price) if price is not None else None
+        event = UsageEvent(
+            request_id=request_id or f"tollhouse-{next(_ids)}",
+            started_at=self.started_at,
+            operation=self.operation,
+            model=model,
+            backend=where.backend,
+            provider=where.provider,
+            upstream_model=response_model or model,
+            key=where.key,
+            team=where.team,
+            user=NONE,
+            end_user=NONE,
+            stream=self.stream,
+            outcome=outcome,
+            status=status,
+            error_type=error_type,
+            usage=usage,
+            token_source=source,
+            cost=amount,
+            price_source=price.source if price is not None else None,
+            duration=duration,
+            upstream_duration=duration,
+            overhead=0.0,
+            ttft=self.ttft,
+        )
+        if deferred:
+            inst.defer(event, self._gauge)
+            return
+        if price is None and (usage.input or usage.output):
+            inst.prices.warn_unpriced(where.backend, model)
+        inst.finish(event, self._gauge)
+
+
+def model_name(request: Any) -> str:
+    """The ``model`` a call asked for, as a label value."""
+    model = request.get("model") if hasattr(request, "get") else None
+    return model if isinstance(model, str) and model else NONE

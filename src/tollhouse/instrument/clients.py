@@ -1,0 +1,233 @@
+"""Instrumenting one SDK client instance: which SDK it is, and the method wrappers.
+
+Only the given client is touched: its resource objects' bound methods
+(``client.chat.completions.create``, ...) are replaced by instance attributes
+that wrap them. The SDK classes are never patched, so other clients in the
+process (and the SDK's own tests) see the SDK unchanged. Instrumenting twice
+is a no-op, and ``client.with_options(...)``/``copy()`` return clients
+instrumented the same way.
+
+A wrapper's work around the SDK call is: bind the labels (done at instrument
+time), start a ``Call`` (a gauge increment and two clock reads), and on return
+read the usage attributes and record one event. Streams are handed back
+wrapped (``tollhouse.instrument.streams``).
+
+Calls made through ``with_raw_response``/``with_streaming_response`` are passed
+through unrecorded: what they return is an HTTP response, not an answer.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tollhouse.accounting.event import Outcome, TokenSource
+from tollhouse.accounting.usage import ZERO_USAGE, Usage
+from tollhouse.errors import ErrorType
+from tollhouse.instrument.call import Call, model_name
+from tollhouse.instrument.core import Instrumentation, PriceSpec, Site, site
+from tollhouse.instrument.errors import classify_exception
+from tollhouse.instrument.readers import Estimate, Reader
+from tollhouse.instrument.streams import AsyncInstrumentedStream, InstrumentedStream, Watch
+
+C = TypeVar("C")
+_MARK = "__tollhouse__"  # set on every wrapper, so a second instrument() sees its own work
+_CLIENT_MARK = "_tollhouse_site"
+_RAW_HEADER = "x-stainless-raw-response"
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """How to account one SDK method: its operation name and how to read its answers."""
+
+    operation: str
+    usage_of: Callable[[Any], Usage | None]  # the answer's ``usage`` attribute → Usage
+    reader: Reader  # one stream item
+    estimate: Estimate  # request kwargs → prompt tokens, when no usage is reported
+
+
+def instrument_client(
+    inst: Instrumentation,
+    client: C,
+    *,
+    backend: str | None,
+    provider: str | None,
+    key: str,
+    team: str,
+    prices: PriceSpec | Mapping[str, PriceSpec] | None,
+    price_provider: str | None,
+) -> C:
+    """Wrap ``client``'s methods in place and return it."""
+    sdk = sdk_of(client)
+    if _CLIENT_MARK in vars(client):
+        return client
+    where = site(
+        provider or sdk,
+        backend or _host(client),
+        key=key,
+        team=team,
+        prices=prices,
+        price_provider=price_provider,
+    )
+    where = inst.intern(where)
+    if sdk == "openai":
+        from tollhouse.instrument import openai_sdk as wrappers
+    else:
+        from tollhouse.instrument import anthropic_sdk as wrappers  # type: ignore[no-redef]
+    wrappers.instrument(inst, client, where)
+    options = {
+        "backend": backend,
+        "provider": provider,
+        "key": key,
+        "team": team,
+        "prices": prices,
+        "price_provider": price_provider,
+    }
+    for name in ("copy", "with_options"):
+        if callable(getattr(client, name, None)):
+            setattr(client, name, _instrumented_copy(inst, getattr(client, name), options))
+    setattr(client, _CLIENT_MARK, where)
+    return client
+
+
+def sdk_of(client: object) -> str:
+    """``"openai"`` or ``"anthropic"``: the SDK whose client class ``client`` is."""
+    for cls in type(client).__mro__:
+        root = cls.__module__.partition(".")[0]
+        if root in ("openai", "anthropic"):
+            return root
+    raise TypeError(
+        f"tollhouse.instrument() supports openai and anthropic clients, not "
+        f"{type(client).__qualname__}; time other clients with tollhouse.track()"
+    )
+
+
+def _host(client: Any) -> str:
+    """The default ``backend`` label: the host of the client's base URL."""
+    host = getattr(getattr(client, "base_url", None), "host", None)
+    return host if isinstance(host, str) and host else "unknown"
+
+
+def _instrumented_copy(
+    inst: Instrumentation, copy: Callable[..., Any], options: dict[str, Any]
+) -> Callable[..., Any]:
+    @functools.wraps(copy)
+    def instrumented(*args: Any, **kwargs: Any) -> Any:
+        return instrument_client(inst, copy(*args, **kwargs), **options)
+
+    return instrumented
+
+
+def patch(resource: Any, name: str, wrap: Callable[[Any], Callable[..., Any]]) -> None:
+    """Replace ``resource.name`` with ``wrap(resource.name)`` unless it is already ours."""
+    method = getattr(resource, name)
+    if getattr(method, _MARK, False):
+        return
+    wrapped = wrap(method)
+    setattr(wrapped, _MARK, True)
+    setattr(resource, name, wrapped)
+
+
+def _raw(kwargs: Mapping[str, Any]) -> bool:
+    headers = kwargs.get("extra_headers")
+    if not headers:
+        return False
+    return any(str(k).lower() == _RAW_HEADER for k in headers)
+
+
+def answered(call: Call, result: Any, api: Api, request: Mapping[str, Any]) -> None:
+    """A whole answer arrived: record its usage (or the prompt estimate when it has none)."""
+    usage = api.usage_of(getattr(result, "usage", None))
+    source = TokenSource.REPORTED
+    if usage is None:
+        usage, source = Usage(input=api.estimate(request)), TokenSource.ESTIMATED
+    model = getattr(result, "model", None)
+    rid = getattr(result, "id", None)
+    call.end(
+        Outcome.SUCCESS,
+        usage=usage,
+        source=source,
+        response_model=model if isinstance(model, str) else None,
+        request_id=rid if isinstance(rid, str) else None,
+    )
+
+
+def failed(call: Call, err: BaseException, api: Api, request: Mapping[str, Any]) -> None:
+    """The SDK raised: classify, record, and let the caller re-raise it unchanged.
+
+    An unreadable 2xx answer means the provider took the prompt, so it is charged
+    (estimated), as the gateway does.
+    """
+    failure = classify_exception(err)
+    usage, source = ZERO_USAGE, TokenSource.REPORTED
+    if failure.error_type is ErrorType.INVALID_RESPONSE:
+        usage, source = Usage(input=api.estimate(request)), TokenSource.ESTIMATED
+    rid = getattr(err, "request_id", None)
+    call.end(
+        failure.outcome,
+        status=failure.status,
+        error_type=failure.error_type,
+        usage=usage,
+        source=source,
+        request_id=rid if isinstance(rid, str) else None,
+    )
+
+
+def sync_wrapper(
+    inst: Instrumentation, where: Site, api: Api, stream_type: type
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a synchronous ``create``."""
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def create(*args: Any, **kwargs: Any) -> Any:
+            if _raw(kwargs):
+                return method(*args, **kwargs)
+            call = Call(
+                inst, where, api.operation, model_name(kwargs), kwargs.get("stream") is True
+            )
+            try:
+                result = method(*args, **kwargs)
+            except BaseException as err:
+                failed(call, err, api, kwargs)
+                raise
+            if isinstance(result, stream_type):
+                return InstrumentedStream(result, Watch(call, api.reader, api.estimate, kwargs))
+            answered(call, result, api, kwargs)
+            return result
+
+        return create
+
+    return wrap
+
+
+def async_wrapper(
+    inst: Instrumentation, where: Site, api: Api, stream_type: type
+) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+    """Wrap an asynchronous ``create``."""
+
+    def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(method)
+        async def create(*args: Any, **kwargs: Any) -> Any:
+            if _raw(kwargs):
+                return await method(*args, **kwargs)
+            call = Call(
+                inst, where, api.operation, model_name(kwargs), kwargs.get("stream") is True
+            )
+            try:
+                result = await method(*args, **kwargs)
+            except BaseException as err:
+                failed(call, err, api, kwargs)
+                raise
+            if isinstance(result, stream_type):
+                return AsyncInstrumentedStream(
+                    result, Watch(call, api.reader, api.estimate, kwargs)
+                )
+            answered(call, result, api, kwargs)
+            return result
+
+        return create
+
+    return wrap

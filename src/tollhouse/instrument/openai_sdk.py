@@ -1,0 +1,49 @@
+"""The ``openai`` SDK: chat completions, embeddings and the Responses API, sync and async.
+
+Streaming chat requests are sent as the caller wrote them: the wrapper does not
+add ``stream_options.include_usage``, so the caller never sees a chunk it did
+not ask for. When the provider sends no usage the event's tokens are the
+gateway's estimate (``source="estimated"``); ask for ``include_usage`` to get
+reported ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from tollhouse.instrument import readers
+from tollhouse.instrument.clients import Api, async_wrapper, patch, sync_wrapper
+from tollhouse.instrument.core import Instrumentation, Site
+
+
+def _no_content(tally: readers.Tally, item: Any) -> bool:
+    return False  # embeddings never stream
+
+
+CHAT = Api("chat", readers.openai_usage, readers.read_chat_chunk, readers.estimate_chat)
+EMBEDDINGS = Api("embeddings", readers.openai_usage, _no_content, readers.estimate_embeddings)
+# OTel names no separate operation for the Responses API: it is a chat operation.
+RESPONSES = Api(
+    "chat", readers.responses_usage, readers.read_responses_event, readers.estimate_responses
+)
+
+
+def instrument(inst: Instrumentation, client: Any, where: Site) -> None:
+    """Wrap ``client.chat.completions.create``, ``client.embeddings.create`` and
+    ``client.responses.create`` on this client instance."""
+    if isinstance(client, openai.AsyncOpenAI):
+        for resource, api in _resources(client):
+            patch(resource, "create", async_wrapper(inst, where, api, openai.AsyncStream))
+    else:
+        for resource, api in _resources(client):
+            patch(resource, "create", sync_wrapper(inst, where, api, openai.Stream))
+
+
+def _resources(client: Any) -> list[tuple[Any, Api]]:
+    return [
+        (client.chat.completions, CHAT),
+        (client.embeddings, EMBEDDINGS),
+        (client.responses, RESPONSES),
+    ]
