@@ -83,6 +83,11 @@ def assert_one_success(
     assert probe.value(duration, **traffic(model), outcome="success", stream=flag) == 1
     ttft = probe.value("llm_time_to_first_token_seconds_count", **traffic(model))
     assert ttft == (1 if stream else 0)
+    upstream = probe.value(
+        "llm_upstream_requests_total", **traffic(model), outcome="success", error_type="none"
+    )
+    assert upstream == 1  # one call is one upstream attempt
+    assert probe.value("llm_upstream_duration_seconds_count", **traffic(model)) == 1
     assert probe.value("llm_requests_in_flight", model=model) == 0
     assert probe.value("llm_errors_total", **traffic(model), error_type="unknown") == 0
 
@@ -316,6 +321,10 @@ def test_sdk_errors_are_classified_and_reraised(
         probe.value("llm_requests_total", **who(model), outcome="error", status_class=status_class)
         == 1
     )
+    upstream = probe.value(
+        "llm_upstream_requests_total", **labels, outcome="error", error_type=error_type
+    )
+    assert upstream == 1
     event = probe.only_event()
     assert event.usage == Usage() and event.cost == 0
 

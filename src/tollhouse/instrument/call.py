@@ -3,7 +3,9 @@
 Library mode has no gateway in the path, so an event's ``duration`` is the
 whole call as the application saw it (SDK retries included),
 ``upstream_duration`` equals it and ``overhead`` is zero; the instrumentation's
-own cost is measured by ``bench/instrument_bench.py`` instead.
+own cost is measured by ``bench/instrument_bench.py`` instead. A call is one
+upstream attempt (``llm_upstream_requests_total``/``_duration_seconds``): the
+SDK's own retries happen inside it, out of sight.
 
 A call ends exactly once: whichever of success, failure, close or finalizer
 comes first writes the event, and the rest are no-ops.
@@ -15,7 +17,7 @@ import itertools
 import time
 from typing import Any
 
-from tollhouse.accounting.event import NONE, Outcome, TokenSource, UsageEvent
+from tollhouse.accounting.event import NONE, Attempt, Outcome, TokenSource, UsageEvent
 from tollhouse.accounting.pricing import cost
 from tollhouse.accounting.usage import ZERO_USAGE, Usage
 from tollhouse.errors import ErrorType
@@ -81,6 +83,10 @@ class Call:
         inst, where, model = self._inst, self._site, self.model
         price = inst.price(where, model)
         amount = cost(usage, price) if price is not None else None
+        upstream_model = response_model or model
+        attempt = Attempt(
+            model, where.backend, where.provider, upstream_model, error_type, duration, False
+        )
         event = UsageEvent(
             request_id=request_id or f"tollhouse-{next(_ids)}",
             started_at=self.started_at,
@@ -88,7 +94,7 @@ class Call:
             model=model,
             backend=where.backend,
             provider=where.provider,
-            upstream_model=response_model or model,
+            upstream_model=upstream_model,
             key=where.key,
             team=where.team,
             user=NONE,
@@ -105,6 +111,7 @@ class Call:
             upstream_duration=duration,
             overhead=0.0,
             ttft=self.ttft,
+            attempts=(attempt,),
         )
         if deferred:
             inst.defer(event, self._gauge)
