@@ -25,6 +25,7 @@ closing, exhausting or dropping the stream does.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,6 +133,14 @@ class Watch:
         )
 
 
+def _abandoned(proxy: object) -> None:
+    """A proxy collected before its stream ended: queue its cancelled call. Skipped at
+    interpreter exit, when the modules recording needs may already be gone."""
+    watch = proxy.__dict__.get("_watch")
+    if watch is not None and not sys.is_finalizing():
+        watch.stopped(deferred=True)
+
+
 def _forward(proxy: object, name: str) -> Any:
     """Attributes the proxy does not define come from the SDK stream (``response``, ...)."""
     stream = proxy.__dict__.get("_stream")
@@ -179,9 +188,7 @@ class InstrumentedStream:
         return _forward(self, name)
 
     def __del__(self) -> None:
-        watch = self.__dict__.get("_watch")
-        if watch is not None:
-            watch.stopped(deferred=True)
+        _abandoned(self)
 
 
 class AsyncInstrumentedStream:
@@ -223,6 +230,4 @@ class AsyncInstrumentedStream:
         return _forward(self, name)
 
     def __del__(self) -> None:
-        watch = self.__dict__.get("_watch")
-        if watch is not None:
-            watch.stopped(deferred=True)
+        _abandoned(self)
