@@ -26,7 +26,7 @@ from tollhouse.store.migrate import MIGRATIONS
 from tollhouse.store.tables import LEDGER_COLUMNS, metadata
 
 TABLES = {"teams", "users", "api_keys", "end_users", "ledger", "alembic_version",
-          "ledger_hourly", "rollup_state", "audit_log"}  # fmt: skip
+          "ledger_hourly", "ledger_daily", "rollup_state", "audit_log"}  # fmt: skip
 HASH_A, HASH_B = "a" * 64, "b" * 64
 
 
@@ -58,7 +58,7 @@ async def test_migrate_creates_every_table_and_is_idempotent(url: str) -> None:
             versions = (
                 await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
             ).all()
-    assert [v for (v,) in versions] == ["0002"]
+    assert [v for (v,) in versions] == ["0003"]
 
 
 async def test_migrated_schema_matches_the_tables_module(store: Store) -> None:

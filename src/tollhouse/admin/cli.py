@@ -1,7 +1,7 @@
 """``tollhouse usage`` and the key commands that run the admin API's code.
 
-``keys create|block|unblock|update|delete|show`` go through ``AdminService``
-(so each change is audited with actor ``cli``), and ``usage`` prints the same
+``keys block|unblock|update|delete|show`` go through ``AdminService`` (so each
+change is audited with actor ``cli``; ``keys create`` keeps its own options), and ``usage`` prints the same
 JSON as ``GET /admin/v1/usage`` (or ``/usage/series`` with ``--series``).
 """
 
@@ -79,22 +79,6 @@ def _key(args: argparse.Namespace) -> Op:
     return op
 
 
-def _key_create(args: argparse.Namespace) -> Op:
-    from tollhouse.cli_manage import _key_json, _limits
-
-    async def op(svc: AdminService) -> object:
-        new = await svc.create_key(
-            CLI, args.alias, team=args.team, user=args.user,
-            models=args.models.split(",") if args.models else None,
-            model_limits=dict(args.model_limit) if args.model_limit else None,
-            limits=_limits(args), expires_in=args.expires_in,
-        )  # fmt: skip
-        note = "shown once; only its hash is stored"
-        return {"secret": new.secret, "note": note, **_key_json(new.key)}
-
-    return op
-
-
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if args.models is not None:
@@ -137,7 +121,6 @@ def add_admin_commands(sub: Any, keys: Any) -> None:
 
     for name in ("block", "unblock"):
         keys.choices[name].set_defaults(func=_command, builder=None, service=_key)
-    keys.choices["create"].set_defaults(func=_command, builder=None, service=_key_create)
     update = _parser(keys, "update", "change a key's models, limits or expiry", _key)
     update.add_argument("alias")
     update.add_argument("--models", help="comma-separated public models ('' for every model)")

@@ -29,6 +29,7 @@ from tollhouse.admin.schemas import (
     UserOut,
     UserUpdate,
 )
+from tollhouse.admin.service import LIMIT_FIELDS
 from tollhouse.identity.manage import LimitsInput
 from tollhouse.store import removal
 from tollhouse.store.models import ModelLimit
@@ -52,11 +53,19 @@ def limits_input(limits: LimitsIn) -> LimitsInput:
 
 
 def patch(body: Any) -> dict[str, Any]:
-    """The fields the client sent (``null`` included), nested limits as sent too."""
-    changes = body.model_dump(exclude_unset=True)
-    if "limits" in changes and body.limits is not None:
-        changes["limits"] = body.limits.model_dump(exclude_unset=True)
-    return dict(changes)
+    """The fields the client sent, nested limits as sent too. ``null`` means "none":
+    no limits, no metadata, every model, no expiry; an alias cannot be null (ignored)."""
+    changes = dict(body.model_dump(exclude_unset=True))
+    if changes.get("alias", "") is None:
+        del changes["alias"]
+    if "metadata" in changes and changes["metadata"] is None:
+        changes["metadata"] = {}
+    if "limits" in changes:
+        given = body.limits
+        changes["limits"] = (
+            dict.fromkeys(LIMIT_FIELDS) if given is None else given.model_dump(exclude_unset=True)
+        )
+    return changes
 
 
 # --- keys ---------------------------------------------------------------------------------

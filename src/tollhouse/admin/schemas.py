@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from tollhouse.identity.keys import PREFIX
 from tollhouse.limits.base import NANO
 from tollhouse.store.models import ApiKey, EndUser, Limits, Team, User
 
@@ -35,7 +36,16 @@ def _sane_time(value: datetime) -> datetime:
 
 
 Text = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_clean)]
-Alias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+
+
+def _not_a_secret(value: str) -> str:
+    """A key pasted where its alias belongs must not travel on (into queries, driver logs)."""
+    if value.startswith(PREFIX) and len(value) >= 20:
+        raise ValueError("this looks like a secret key, not an alias; never send keys here")
+    return value
+
+
+Alias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$"), AfterValidator(_not_a_secret)]
 Models = Annotated[list[Text], Field(max_length=1000)]
 Usd = Annotated[Decimal, Field(gt=0, le=Decimal(10**9), decimal_places=9, allow_inf_nan=False)]
 Rpm = Annotated[int, Field(ge=1, le=2**31 - 1)]

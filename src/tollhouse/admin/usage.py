@@ -79,14 +79,14 @@ def parse_step(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
-def quantile(q: float, agg: Agg) -> float | None:
-    """Milliseconds at quantile ``q`` from the cumulative bucket counts (``histogram_quantile``)."""
-    total = agg.duration_count
+def quantile(q: float, total: int, cumulative: list[int]) -> float | None:
+    """Milliseconds at quantile ``q`` of ``total`` observations from cumulative bucket counts
+    (``le`` each of ``LATENCY_BUCKETS_MS``), interpolated as ``histogram_quantile`` does."""
     if total == 0:
         return None
     rank = q * total
     lower, below = 0.0, 0
-    for upper, count in zip(LATENCY_BUCKETS_MS, agg.latency_le, strict=True):
+    for upper, count in zip(LATENCY_BUCKETS_MS, cumulative, strict=True):
         if count >= rank:
             if count == below:
                 return float(upper)
@@ -131,19 +131,24 @@ def cost_usd(agg: Agg) -> Decimal:
     return Decimal(agg.cost_pusd) / PICO
 
 
+def p(q: float, agg: Agg) -> float | None:
+    return quantile(q, agg.get("duration_count"), agg.latency_le)
+
+
 def totals_of(agg: Agg, start: datetime, end: datetime, filters: Mapping[str, str]) -> UsageTotals:
     ok = agg.outcomes.get("success", 0)
+    durations, ttfts = agg.get("duration_count"), agg.get("ttft_count")
     return UsageTotals(
         start=start, end=end, filters=dict(filters), requests=agg.requests, successes=ok,
         errors=agg.outcomes.get("error", 0), cancelled=agg.outcomes.get("cancelled", 0),
         success_rate=ok / agg.requests if agg.requests else None,
         errors_by_type=dict(sorted(agg.errors_by_type.items())), tokens=Tokens(**agg.tokens),
-        cost_usd=str(cost_usd(agg)), unpriced_requests=agg.unpriced,
+        cost_usd=str(cost_usd(agg)), unpriced_requests=agg.get("unpriced"),
         latency=Latency(
-            avg_ms=agg.duration_ms_sum / agg.duration_count if agg.duration_count else None,
-            p50_ms=quantile(0.5, agg), p95_ms=quantile(0.95, agg),
+            avg_ms=agg.sum("duration_ms_sum") / durations if durations else None,
+            p50_ms=p(0.5, agg), p95_ms=p(0.95, agg),
         ),
-        avg_ttft_ms=agg.ttft_ms_sum / agg.ttft_count if agg.ttft_count else None,
+        avg_ttft_ms=agg.sum("ttft_ms_sum") / ttfts if ttfts else None,
         last_request_at=agg.last_ts,
     )  # fmt: skip
 
@@ -151,7 +156,7 @@ def totals_of(agg: Agg, start: datetime, end: datetime, filters: Mapping[str, st
 async def totals(
     engine: AsyncEngine, start: datetime, end: datetime, filters: Mapping[str, str]
 ) -> UsageTotals:
-    parts = await aggregate(engine, Query(start, end, dict(filters)))
+    parts = await aggregate(engine, Query(start, end, dict(filters), by_error_type=True))
     agg = Agg()
     for part in parts.values():
         agg.merge(part)
@@ -175,20 +180,32 @@ class UsageSeries(BaseModel):
     series: list[Series]
 
 
+# The sums each metric needs ("requests" first: it marks a non-empty row and ranks latency).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "requests": ("requests",),
+    "tokens": ("requests", "input", "output"),
+    "input_tokens": ("requests", "input"),
+    "output_tokens": ("requests", "output"),
+    "cost": ("requests", "cost_hi", "cost_lo"),
+    "errors": ("requests", "error"),
+    "latency_p95": ("requests", "duration_count", *(f"lat_le_{b}" for b in LATENCY_BUCKETS_MS)),
+}
+
+
 def value(metric: str, agg: Agg | None) -> float | None:
     if agg is None:
         return None if metric == "latency_p95" else 0.0
     if metric == "requests":
         return float(agg.requests)
     if metric == "tokens":
-        return float(agg.tokens["input"] + agg.tokens["output"])
+        return float(agg.get("input") + agg.get("output"))
     if metric in ("input_tokens", "output_tokens"):
-        return float(agg.tokens[metric.removesuffix("_tokens")])
+        return float(agg.get(metric.removesuffix("_tokens")))
     if metric == "cost":
         return float(cost_usd(agg))
     if metric == "errors":
-        return float(agg.outcomes.get("error", 0))
-    return quantile(0.95, agg)
+        return float(agg.get("error"))
+    return p(0.95, agg)
 
 
 def _buckets(start: datetime, end: datetime, step: int) -> list[int]:
@@ -209,38 +226,33 @@ async def series(engine: AsyncEngine, metric: str, start: datetime, end: datetim
         raise ValueError(
             f"too many points ({len(stamps)}); use a larger step (at most {MAX_POINTS})"
         )
-    parts = await aggregate(engine, Query(start, end, dict(filters), group_by, seconds))
+    fields = NEEDS[metric]
+    query = Query(start, end, dict(filters), group_by, seconds, fields=fields)
     per_group: dict[str, dict[int, Agg]] = {}
-    for (t, g), agg in parts.items():
+    for (t, g), agg in (await aggregate(engine, query)).items():
         per_group.setdefault(g or "all", {})[int(t or 0)] = agg
-    ranked = sorted(per_group, key=lambda g: (-_rank(metric, per_group[g]), g))
+    totals = {g: _total(fields, points) for g, points in per_group.items()}
+    rank = {g: float(a.requests) if metric == "latency_p95" else value(metric, a) or 0.0
+            for g, a in totals.items()}  # fmt: skip
+    ranked = sorted(per_group, key=lambda g: (-rank[g], g))
     keep, rest = ranked[:top], ranked[top:]
     if rest:
         other: dict[int, Agg] = {}
         for g in rest:
             for t, agg in per_group[g].items():
-                other.setdefault(t, Agg()).merge(agg)
-        per_group[OTHER] = other
+                other.setdefault(t, Agg(fields)).merge(agg)
+        per_group[OTHER], totals[OTHER] = other, _total(fields, other)
         keep.append(OTHER)
-    out = [_series(metric, g, per_group[g], stamps) for g in keep]
+    out = [Series(group=g, total=value(metric, totals[g]),
+                  values=[value(metric, per_group[g].get(t)) for t in stamps]) for g in keep]  # fmt: skip
     return UsageSeries(
         metric=metric, step=step, start=start, end=end, group_by=group_by, filters=dict(filters),
         timestamps=[datetime.fromtimestamp(t, UTC) for t in stamps], series=out,
     )  # fmt: skip
 
 
-def _total(points: Mapping[int, Agg]) -> Agg:
-    whole = Agg()
+def _total(fields: tuple[str, ...], points: Mapping[int, Agg]) -> Agg:
+    whole = Agg(fields)
     for agg in points.values():
         whole.merge(agg)
     return whole
-
-
-def _rank(metric: str, points: Mapping[int, Agg]) -> float:
-    whole = _total(points)
-    return float(whole.requests) if metric == "latency_p95" else value(metric, whole) or 0.0
-
-
-def _series(metric: str, group: str, points: Mapping[int, Agg], stamps: list[int]) -> Series:
-    values = [value(metric, points.get(t)) for t in stamps]
-    return Series(group=group, total=value(metric, _total(points)), values=values)

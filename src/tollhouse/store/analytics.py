@@ -1,20 +1,23 @@
-"""Usage over a time window, from the roll-up where it can and the ledger where it must.
+"""Usage over a time window, from the roll-ups where they can and the ledger where it must.
 
-A window ``[start, end)`` is answered from three parts, read in one snapshot:
+A window ``[start, end)`` is answered from up to five parts, read in one snapshot:
 
-* whole hours inside the window, from ``ledger_hourly`` (rows up to the watermark);
+* whole days inside the window, from ``ledger_daily`` (rows up to the watermark);
+* whole hours left over at either end, from ``ledger_hourly``;
 * ledger rows above the watermark in those hours (not folded yet);
 * the partial hours at both ends, from the ledger (its ``ts`` index).
 
-So counts, tokens and cost are exact for any window whatever the roll-up's
-progress, and a 30-day query reads about a thousand roll-up rows per active
-key and model instead of every request. A filter on one end user reads the
-ledger only (end users are not in the roll-up; ``ix_ledger_end_user_ts``).
+So counts, tokens and cost are exact for any window whatever the roll-ups'
+progress, and a 30-day query reads one roll-up row per active key, model and
+outcome per day instead of every request. A filter on one end user reads the
+ledger only (end users are not in the roll-ups; ``ix_ledger_end_user_ts``).
+Steps that are not whole days (or hours) skip the coarser roll-up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,75 +25,88 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from tollhouse.store.rollup import HOUR, epoch_bucket, error_key, ledger_sums, watermark
-from tollhouse.store.tables import LATENCY_BUCKETS_MS, ROLLUP_DIMENSIONS, ledger, ledger_hourly
+from tollhouse.store.rollup import HOUR, LEVELS, epoch_bucket, error_key, watermark
+from tollhouse.store.tables import LATENCY_BUCKETS_MS, ROLLUP_DIMENSIONS, ledger
 
-# Dimensions a query may filter on, by their API name; all but end_user are in the roll-up.
+# Dimensions a query may filter on, by their API name; all but end_user are in the roll-ups.
 FILTERS = {"key": "key_alias", "team": "team", "user": "user", "end_user": "end_user",
            "model": "model", "backend": "backend", "provider": "provider"}  # fmt: skip
 GROUPS = ("key", "team", "model", "backend", "provider")
+OUTCOMES = ("success", "error", "cancelled")
+TOKENS = ("input", "output", "cached_input", "cache_write_input", "reasoning")
 _SPLIT = 1_000_000  # cost is summed as micro-USD and remainder: SQLite's SUM stops at 2**63
-_TOKENS = ("input", "output", "cached_input", "cache_write_input", "reasoning")
+_LAT = tuple(f"lat_le_{b}" for b in LATENCY_BUCKETS_MS)
+INTS = ("requests", *OUTCOMES, *TOKENS, "cost_hi", "cost_lo", "unpriced", "duration_count",
+        "ttft_count", *_LAT)  # fmt: skip
+_I = {name: i for i, name in enumerate(INTS)}
+
+
+FLOATS = ("duration_ms_sum", "ttft_ms_sum")
+ALL = (*INTS, *FLOATS)
 
 
 @dataclass
 class Agg:
-    """Additive usage numbers: merging two ``Agg`` equals aggregating their rows together."""
+    """Additive usage numbers: merging two ``Agg`` equals aggregating their rows together.
 
-    requests: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
+    ``names`` says which sums it carries (all of them for totals; a series asks only for
+    what its metric needs, which keeps large series cheap); ``values`` is aligned to it.
+    """
+
+    names: tuple[str, ...] = ALL
+    values: list[Any] = field(default_factory=list)  # ints (Decimal from PostgreSQL), floats
     errors_by_type: dict[str, int] = field(default_factory=dict)
-    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_TOKENS, 0))
-    cost_pusd: int = 0
-    unpriced: int = 0
-    duration_ms_sum: float = 0.0
-    duration_count: int = 0
-    ttft_ms_sum: float = 0.0
-    ttft_count: int = 0
-    latency_le: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_MS))
     last_ts: datetime | None = None
 
-    def add_row(self, m: Mapping[str, Any]) -> None:
-        """Add one aggregated row (from the roll-up or the ledger; same labels)."""
-        n = int(m["requests"])
-        self.requests += n
-        self.outcomes[m["outcome"]] = self.outcomes.get(m["outcome"], 0) + n
-        if m["outcome"] == "error" and m["error_type"]:
-            self.errors_by_type[m["error_type"]] = self.errors_by_type.get(m["error_type"], 0) + n
-        for t in _TOKENS:
-            self.tokens[t] += int(m[f"{t}_tokens"])
-        self.cost_pusd += int(m["cost_hi"]) * _SPLIT + int(m["cost_lo"])
-        self.unpriced += int(m["unpriced_requests"])
-        self.duration_ms_sum += float(m["duration_ms_sum"])
-        self.duration_count += int(m["duration_count"])
-        self.ttft_ms_sum += float(m["ttft_ms_sum"])
-        self.ttft_count += int(m["ttft_count"])
-        for i, b in enumerate(LATENCY_BUCKETS_MS):
-            self.latency_le[i] += int(m[f"lat_le_{b}"])
-        ts = m["last_ts"]
+    def __post_init__(self) -> None:
+        if not self.values:
+            self.values = [0] * len(self.names)
+
+    def add(self, values: Sequence[Any], error_type: str | None, last_ts: Any) -> None:
+        """Add one aggregated row: values in ``names`` order, its error type, ``max(ts)``."""
+        self.values = list(map(operator.add, self.values, values))
+        if error_type and "error" in self.names:
+            errors = int(values[self.names.index("error")])
+            if errors:
+                self.errors_by_type[error_type] = self.errors_by_type.get(error_type, 0) + errors
+        self._seen(last_ts)
+
+    def merge(self, other: Agg) -> None:
+        self.values = list(map(operator.add, self.values, other.values))
+        for k, v in other.errors_by_type.items():
+            self.errors_by_type[k] = self.errors_by_type.get(k, 0) + v
+        self._seen(other.last_ts)
+
+    def _seen(self, ts: Any) -> None:
         if ts is not None:
             ts = _aware(ts)
             self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
 
-    def merge(self, other: Agg) -> None:
-        self.requests += other.requests
-        for k, v in other.outcomes.items():
-            self.outcomes[k] = self.outcomes.get(k, 0) + v
-        for k, v in other.errors_by_type.items():
-            self.errors_by_type[k] = self.errors_by_type.get(k, 0) + v
-        for t in _TOKENS:
-            self.tokens[t] += other.tokens[t]
-        self.cost_pusd += other.cost_pusd
-        self.unpriced += other.unpriced
-        self.duration_ms_sum += other.duration_ms_sum
-        self.duration_count += other.duration_count
-        self.ttft_ms_sum += other.ttft_ms_sum
-        self.ttft_count += other.ttft_count
-        self.latency_le = [a + b for a, b in zip(self.latency_le, other.latency_le, strict=True)]
-        if other.last_ts is not None:
-            self.last_ts = (
-                other.last_ts if self.last_ts is None else max(self.last_ts, other.last_ts)
-            )
+    def get(self, name: str) -> int:
+        return int(self.values[self.names.index(name)])
+
+    def sum(self, name: str) -> float:
+        return float(self.values[self.names.index(name)])
+
+    @property
+    def requests(self) -> int:
+        return self.get("requests")
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        return {o: self.get(o) for o in OUTCOMES}
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        return {t: self.get(t) for t in TOKENS}
+
+    @property
+    def cost_pusd(self) -> int:
+        return self.get("cost_hi") * _SPLIT + self.get("cost_lo")
+
+    @property
+    def latency_le(self) -> list[int]:
+        return [self.get(name) for name in _LAT]
 
 
 def _aware(value: Any) -> datetime:
@@ -101,26 +117,46 @@ def _aware(value: Any) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _cost_split(column: Any) -> list[sa.ColumnElement[Any]]:
-    return [
-        sa.func.coalesce(sa.func.sum(column // _SPLIT), 0).label("cost_hi"),
-        sa.func.coalesce(sa.func.sum(column % _SPLIT), 0).label("cost_lo"),
-    ]
+def _zero(expr: Any) -> Any:
+    return sa.func.coalesce(expr, 0)
 
 
-def _rollup_sums() -> list[sa.ColumnElement[Any]]:
-    r = ledger_hourly.c
-    names = [c.name for c in ledger_sums() if c.name not in ("cost_pusd", "last_ts")]
-    return [
-        *(sa.func.sum(r[n]).label(n) for n in names),
-        *_cost_split(r.cost_pusd),
-        sa.func.max(r.last_ts).label("last_ts"),
-    ]
+def _last(names: Sequence[str], column: Any) -> Any:
+    """The last request's time, for totals only (series skip the per-row datetime parsing)."""
+    return sa.func.max(column) if tuple(names) == ALL else sa.null()
 
 
-def _ledger_sums() -> list[sa.ColumnElement[Any]]:
-    out = [c for c in ledger_sums() if c.name != "cost_pusd"]
-    return [*out, *_cost_split(ledger.c.cost_pusd)]
+def _ledger_values(names: Sequence[str]) -> list[Any]:
+    c = ledger.c
+    cost, duration = c.cost_pusd, c.duration_ms
+    unpriced = sa.and_(cost.is_(None), sa.or_(c.input_tokens > 0, c.output_tokens > 0))
+    exprs: dict[str, Any] = {
+        "requests": sa.func.count(),
+        **{o: sa.func.sum(sa.case((c.outcome == o, 1), else_=0)) for o in OUTCOMES},
+        **{t: _zero(sa.func.sum(c[f"{t}_tokens"])) for t in TOKENS},
+        "cost_hi": _zero(sa.func.sum(cost // _SPLIT)),
+        "cost_lo": _zero(sa.func.sum(cost % _SPLIT)),
+        "unpriced": sa.func.sum(sa.case((unpriced, 1), else_=0)),
+        "duration_count": sa.func.count(duration), "ttft_count": sa.func.count(c.ttft_ms),
+        **{f"lat_le_{b}": sa.func.sum(sa.case((duration <= b, 1), else_=0))
+           for b in LATENCY_BUCKETS_MS},
+        "duration_ms_sum": _zero(sa.func.sum(duration)),
+        "ttft_ms_sum": _zero(sa.func.sum(c.ttft_ms)),
+    }  # fmt: skip
+    return [exprs[n] for n in names] + [_last(names, c.ts)]
+
+
+def _rollup_values(t: Any, names: Sequence[str]) -> list[Any]:
+    exprs: dict[str, Any] = {
+        "requests": sa.func.sum(t.requests),
+        **{o: sa.func.sum(sa.case((t.outcome == o, t.requests), else_=0)) for o in OUTCOMES},
+        **{k: sa.func.sum(t[f"{k}_tokens"]) for k in TOKENS},
+        "cost_hi": sa.func.sum(t.cost_pusd // _SPLIT),
+        "cost_lo": sa.func.sum(t.cost_pusd % _SPLIT),
+        "unpriced": sa.func.sum(t.unpriced_requests),
+        **{n: sa.func.sum(t[n]) for n in ("duration_count", "ttft_count", *_LAT, *FLOATS)},
+    }  # fmt: skip
+    return [exprs[n] for n in names] + [_last(names, t.last_ts)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +168,8 @@ class Query:
     filters: Mapping[str, str] = field(default_factory=dict)
     group_by: str | None = None  # one of GROUPS
     step: int | None = None  # seconds; None: one bucket for the whole window
-
-    @property
-    def uses_rollup(self) -> bool:
-        return "end_user" not in self.filters and (self.step is None or self.step % HOUR == 0)
+    by_error_type: bool = False  # split errors by type (totals); series do not need it
+    fields: tuple[str, ...] = ALL  # which sums to compute ("requests" first, always)
 
 
 Key = tuple[int | None, str | None]  # (time bucket, group value)
@@ -149,59 +183,79 @@ async def aggregate(engine: AsyncEngine, q: Query) -> dict[Key, Agg]:
             await conn.execution_options(isolation_level="REPEATABLE READ")
         for rows in await _parts(conn, q):
             for row in rows:
-                m = row._mapping
-                key = (m.get("t"), m.get("g"))
-                out.setdefault(key, Agg()).add_row(m)
+                if not row[3]:  # no rows matched (an ungrouped aggregate still answers once)
+                    continue
+                key = (None if row[0] is None else int(row[0]), row[1])
+                agg = out.get(key)
+                if agg is None:
+                    agg = out[key] = Agg(q.fields)
+                agg.add(row[3:-1], row[2], row[-1])
     return out
+
+
+def _whole(start: datetime, end: datetime, size: int) -> tuple[int, int]:
+    """The first and past-the-last whole ``size``-second buckets inside ``[start, end)``."""
+    return -(-int(start.timestamp()) // size) * size, int(end.timestamp()) // size * size
 
 
 async def _parts(conn: AsyncConnection, q: Query) -> list[Any]:
     c = ledger.c
-    first = -(-int(q.start.timestamp()) // HOUR) * HOUR  # the first whole hour
-    last = int(q.end.timestamp()) // HOUR * HOUR  # the end of the last whole hour
-    if not q.uses_rollup or first >= last:
+    h0, h1 = _whole(q.start, q.end, HOUR)
+    if "end_user" in q.filters or (q.step or HOUR) % HOUR or h0 >= h1:
         return [await _ledger(conn, q, c.ts >= q.start, c.ts < q.end)]
+    ranges = _plan(q, h0, h1)
     mark = await watermark(conn)
-    h0, h1 = datetime.fromtimestamp(first, UTC), datetime.fromtimestamp(last, UTC)
+    at = [datetime.fromtimestamp(x, UTC) for x in (h0, h1)]
+    parts = [await _rollup(conn, q, table, a, b) for table, a, b in ranges]
     return [
-        await _rollup(conn, q, first, last),
-        await _ledger(conn, q, c.id > mark, c.ts >= h0, c.ts < h1),
-        await _ledger(conn, q, c.ts >= q.start, c.ts < h0),
-        await _ledger(conn, q, c.ts >= h1, c.ts < q.end),
+        *parts,
+        await _ledger(conn, q, c.id > mark, c.ts >= at[0], c.ts < at[1]),
+        await _ledger(conn, q, c.ts >= q.start, c.ts < at[0]),
+        await _ledger(conn, q, c.ts >= at[1], c.ts < q.end),
     ]
 
 
-def _shape(
-    table: sa.Table, q: Query, bucket: sa.ColumnElement[Any] | None
-) -> tuple[list[Any], list[Any], list[Any]]:
-    """(extra select columns, group-by expressions, filter conditions) for ``table``."""
+def _plan(q: Query, h0: int, h1: int) -> list[tuple[sa.Table, int, int]]:
+    """Cover ``[h0, h1)`` with the coarsest roll-up whose buckets fit the window and step."""
+    for size, table in LEVELS:
+        if (q.step or size) % size:
+            continue
+        b0, b1 = _whole(datetime.fromtimestamp(h0, UTC), datetime.fromtimestamp(h1, UTC), size)
+        if b0 >= b1:
+            continue
+        if size == HOUR:
+            return [(table, h0, h1)]
+        hourly = LEVELS[-1][1]
+        edges = [(hourly, a, b) for a, b in ((h0, b0), (b1, h1)) if a < b]
+        return [(table, b0, b1), *edges]
+    return []
+
+
+def _keys(table: sa.Table, q: Query, bucket: Any) -> tuple[list[Any], list[Any], list[Any]]:
+    """(key columns t, g, e; their GROUP BY; filter conditions) for ``table``."""
     t = table.c
-    cols: list[Any] = [t.outcome, error_key(t.error_type).label("error_type")]
-    groups: list[Any] = [t.outcome, error_key(t.error_type)]
-    if bucket is not None:
-        cols.append(bucket.label("t"))
-        groups.append(bucket)
-    if q.group_by is not None:
-        column = t[FILTERS[q.group_by]]
-        cols.append(column.label("g"))
-        groups.append(column)
+    group = t[FILTERS[q.group_by]] if q.group_by is not None else None
+    error = error_key(t.error_type) if q.by_error_type else None
+    keys = [x if x is not None else sa.null() for x in (bucket, group, error)]
     where = [t[FILTERS[name]] == value for name, value in q.filters.items()]
-    return cols, groups, where
+    return keys, [x for x in (bucket, group, error) if x is not None], where
 
 
 async def _ledger(conn: AsyncConnection, q: Query, *where: Any) -> Any:
     bucket = None if q.step is None else epoch_bucket(ledger.c.ts, q.step, conn.dialect.name)
-    cols, groups, conds = _shape(ledger, q, bucket)
-    query = sa.select(*cols, *_ledger_sums()).where(*where, *conds).group_by(*groups)
+    keys, groups, conds = _keys(ledger, q, bucket)
+    query = sa.select(*keys, *_ledger_values(q.fields)).where(*where, *conds).group_by(*groups)
     return (await conn.execute(query)).all()
 
 
-async def _rollup(conn: AsyncConnection, q: Query, first: int, last: int) -> Any:
-    r = ledger_hourly.c
-    size = sa.literal_column(str(q.step), sa.BigInteger)
-    bucket = None if q.step is None else (r.bucket // size) * size
-    cols, groups, conds = _shape(ledger_hourly, q, bucket)
-    query = sa.select(*cols, *_rollup_sums()).where(r.bucket >= first, r.bucket < last, *conds)
+async def _rollup(conn: AsyncConnection, q: Query, table: sa.Table, first: int, last: int) -> Any:
+    r = table.c
+    size = None if q.step is None else sa.literal_column(str(q.step), sa.BigInteger)
+    bucket = None if size is None else (r.bucket // size) * size
+    keys, groups, conds = _keys(table, q, bucket)
+    query = sa.select(*keys, *_rollup_values(r, q.fields)).where(
+        r.bucket >= first, r.bucket < last, *conds
+    )
     return (await conn.execute(query.group_by(*groups))).all()
 
 

@@ -25,6 +25,9 @@ async def delete(engine: AsyncEngine, kind: str, id: str) -> bool:
     """Delete one row by id; ``False`` when it did not exist."""
     table = _TABLES[kind]
     async with engine.begin() as conn:
+        # Write first: it takes the write lock (SQLite) or the row lock (PostgreSQL) before the
+        # checks read, so no writer slips in between and SQLite never has to upgrade a reader.
+        await conn.execute(table.update().where(table.c.id == id).values(id=table.c.id))
         for referrer, name in _REFERRERS.get(kind, ()):
             column = referrer.c.team_id if kind == "team" else referrer.c.user_id
             count = await conn.scalar(

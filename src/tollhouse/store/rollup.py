@@ -1,14 +1,14 @@
-"""Folding the ledger into hourly roll-ups, so long usage queries read thousands of rows.
+"""Folding the ledger into hourly and daily roll-ups, so long usage queries stay short.
 
-The roll-up (``tables.ledger_hourly``) holds exact integer sums of every ledger
-row with ``id <= watermark``. ``fold`` moves the watermark forward in one
-transaction: it locks the watermark row, aggregates the next ledger rows with
-one ``INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE`` and stores the new
+The roll-ups (``tables.ledger_hourly`` and ``ledger_daily``) hold exact integer
+sums of every ledger row with ``id <= watermark``. ``fold`` moves the watermark forward in one
+transaction: it locks the watermark row, aggregates the next ledger rows into each
+roll-up with one ``INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE`` and stores the new
 watermark, so two folders (two replicas) never count a row twice.
 
 Rows are folded by id, not by time, because the ledger is written in batches
 and a long stream's row lands well after its start: every row is folded once,
-into the hour it started in. Queries stay exact whatever the watermark, since
+into the hour and the day it started in. Queries stay exact whatever the watermark, since
 they read rows above it from the ledger itself (``analytics``).
 
 The SQL expressions both the fold and the queries aggregate with live here too,
@@ -28,13 +28,17 @@ from tollhouse.store.tables import (
     ROLLUP_DIMENSIONS,
     ROLLUP_SUMS,
     ledger,
+    ledger_daily,
     ledger_hourly,
     rollup_state,
 )
 
 HOUR = 3600
-STATE = "ledger_hourly"
-DEFAULT_BATCH = 200_000
+DAY = 86400
+LEVELS: tuple[tuple[int, sa.Table], ...] = ((DAY, ledger_daily), (HOUR, ledger_hourly))
+"""Each roll-up with its bucket size in seconds, coarsest first."""
+STATE = "ledger_rollups"
+DEFAULT_BATCH = 50_000  # rows per fold transaction: keeps SQLite write locks short
 _TOKENS = ("input", "output", "cached_input", "cache_write_input", "reasoning")
 
 
@@ -102,10 +106,10 @@ async def _lock(conn: AsyncConnection) -> None:
         await conn.execute(bump.values(watermark=rollup_state.c.watermark))
 
 
-def _upsert(dialect: str, low: int, high: int) -> Any:
+def _upsert(dialect: str, table: sa.Table, size: int, low: int, high: int) -> Any:
     c = ledger.c
     dims = [c[name] for name in ROLLUP_DIMENSIONS]
-    bucket = epoch_bucket(c.ts, HOUR, dialect)
+    bucket = epoch_bucket(c.ts, size, dialect)
     select = (
         sa.select(bucket.label("bucket"), *dims, c.outcome,
                   error_key(c.error_type).label("error_type"), *ledger_sums())
@@ -114,13 +118,13 @@ def _upsert(dialect: str, low: int, high: int) -> Any:
     )  # fmt: skip
     names = [col.name for col in select.selected_columns]
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(ledger_hourly).from_select(names, select)
-    r, new = ledger_hourly.c, stmt.excluded
+    stmt = insert(table).from_select(names, select)
+    r, new = table.c, stmt.excluded
     greatest = sa.func.greatest if dialect == "postgresql" else sa.func.max
     set_: dict[str, Any] = {name: r[name] + new[name] for name in ROLLUP_SUMS}
     set_ |= {n: r[n] + new[n] for n in ("duration_ms_sum", "ttft_ms_sum")}
     set_["last_ts"] = greatest(r.last_ts, new.last_ts)
-    keys = [col for col in ledger_hourly.primary_key.columns]
+    keys = list(table.primary_key.columns)
     return stmt.on_conflict_do_update(index_elements=keys, set_=set_)
 
 
@@ -138,7 +142,8 @@ async def fold(engine: AsyncEngine, up_to: int | None = None, batch: int = DEFAU
         high = min(int(newest or 0), low + batch, up_to if up_to is not None else low + batch)
         if high <= low:
             return 0
-        await conn.execute(_upsert(conn.dialect.name, low, high))
+        for size, table in LEVELS:
+            await conn.execute(_upsert(conn.dialect.name, table, size, low, high))
         await conn.execute(
             rollup_state.update().where(rollup_state.c.name == STATE).values(watermark=high)
         )

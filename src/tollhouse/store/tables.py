@@ -177,23 +177,32 @@ ROLLUP_SUMS = (
     "duration_count", "ttft_count", *(f"lat_le_{b}" for b in LATENCY_BUCKETS_MS),
 )  # fmt: skip
 
-# The ledger folded into hours: one row per (hour, who, where, outcome, error type). Counts,
-# tokens and pico-USD are exact integer sums of the ledger rows folded in (``rollup_state``
-# says which); ``error_type`` is "" for rows without one so it can sit in the primary key.
-# End users are left out on purpose: they are unbounded and would make the roll-up as large
-# as the ledger; end-user queries read the ledger through ``ix_ledger_end_user_ts``.
-ledger_hourly = sa.Table(
-    "ledger_hourly",
-    metadata,
-    sa.Column("bucket", sa.BigInteger, primary_key=True),  # unix seconds of the hour's start
-    *(sa.Column(name, sa.String, primary_key=True) for name in ROLLUP_DIMENSIONS),
-    sa.Column("outcome", sa.String, primary_key=True),
-    sa.Column("error_type", sa.String, primary_key=True),
-    *(sa.Column(name, sa.BigInteger, nullable=False) for name in ROLLUP_SUMS),
-    sa.Column("duration_ms_sum", sa.Float, nullable=False),
-    sa.Column("ttft_ms_sum", sa.Float, nullable=False),
-    sa.Column("last_ts", UtcDateTime, nullable=False),
-)
+
+def _rollup(name: str) -> sa.Table:
+    """The ledger folded into time buckets: one row per (bucket, who, where, outcome, error
+    type). Counts, tokens and pico-USD are exact integer sums of the ledger rows folded in
+    (``rollup_state`` says which); ``error_type`` is "" for rows without one, so it can sit
+    in the primary key. End users are left out on purpose: they are unbounded and would make
+    a roll-up as large as the ledger; end-user queries read the ledger through
+    ``ix_ledger_end_user_ts``."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("bucket", sa.BigInteger, primary_key=True),  # unix seconds, bucket start (UTC)
+        *(sa.Column(n, sa.String, primary_key=True) for n in ROLLUP_DIMENSIONS),
+        sa.Column("outcome", sa.String, primary_key=True),
+        sa.Column("error_type", sa.String, primary_key=True),
+        *(sa.Column(n, sa.BigInteger, nullable=False) for n in ROLLUP_SUMS),
+        sa.Column("duration_ms_sum", sa.Float, nullable=False),
+        sa.Column("ttft_ms_sum", sa.Float, nullable=False),
+        sa.Column("last_ts", UtcDateTime, nullable=False),
+    )
+
+
+# Hours serve windows and steps in whole hours; days serve long windows, where the hourly
+# roll-up of a busy month is still hundreds of thousands of rows. Both are folded together.
+ledger_hourly = _rollup("ledger_hourly")
+ledger_daily = _rollup("ledger_daily")
 
 # How far the ledger has been folded: every ledger row with ``id <= watermark`` is in the roll-up.
 rollup_state = sa.Table(
