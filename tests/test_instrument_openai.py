@@ -270,12 +270,18 @@ async def test_async_stream_cancelled_task_is_cancelled(up: MockUpstream, probe:
             model="gpt-hang-after-2", messages=MESSAGES, max_tokens=50, stream=True
         )
 
+        two_words = asyncio.Event()
+
         async def read_all() -> None:
+            seen = 0
             async for _chunk in stream:
-                pass
+                seen += 1
+                if seen == 3:  # the role-only chunk and two words; then the mock goes silent
+                    two_words.set()
 
         task = asyncio.create_task(read_all())
-        await asyncio.sleep(0.2)
+        await asyncio.wait_for(two_words.wait(), timeout=10)
+        await asyncio.sleep(0.05)  # the reader is now waiting for a chunk that never comes
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
