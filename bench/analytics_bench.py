@@ -30,10 +30,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from tollhouse.admin import usage
 from tollhouse.store import Store, migrate, rollup
 from tollhouse.store.engine import normalize_url
-from tollhouse.store.tables import LEDGER_COLUMNS
+from tollhouse.store.tables import LEDGER_COLUMNS, ledger_daily, ledger_hourly
 
 DAYS = 30
 ERRORS = ("rate_limit", "timeout", "server_error", "auth", "budget_exceeded")
@@ -110,14 +112,11 @@ async def measure(url: str, now: datetime) -> None:
         engine, start = store.engine, now - timedelta(days=DAYS)
         began = time.perf_counter()
         await rollup.fold_all(engine)
-        print(f"  fold 1 ledger into hourly roll-up          {time.perf_counter() - began:8.1f} s")
+        print(f"  fold the ledger into the roll-ups          {time.perf_counter() - began:8.1f} s")
         async with engine.connect() as conn:
-            from sqlalchemy import func, select
-
-            from tollhouse.store.tables import ledger_hourly
-
-            n = await conn.scalar(select(func.count()).select_from(ledger_hourly))
-        print(f"  roll-up rows                               {n:>10,}")
+            for table in (ledger_hourly, ledger_daily):
+                n = await conn.scalar(sa.select(sa.func.count()).select_from(table))
+                print(f"  {table.name} rows{'':<{30 - len(table.name)}}{n:>12,}")
         total = await timed("30-day totals, global",
                             lambda: usage.totals(engine, start, now, {}))  # fmt: skip
         await timed(
