@@ -209,7 +209,7 @@ CLIENTS = Dashboard(
 GATEWAY = Dashboard(
     "tollhouse-gateway", "Tollhouse / Gateway",
     "The gateway's own health: overhead it adds, requests in flight, the spend ledger, "
-    "the event loop, the admin API. (No store or Redis latency metric exists yet.)",
+    "the event loop, the store and the limits counters (Redis), the admin API.",
     (
         Panel("Gateway overhead p95 (recorded)", (q(
             "tollhouse:gateway_overhead_seconds:p95_rate5m", "stream={{stream}}"),), "s"),
@@ -227,6 +227,11 @@ GATEWAY = Dashboard(
             q(f"sum(rate(tollhouse_ledger_rows_written_total[{RI}]))", "written"),
             q(f"sum(rate(tollhouse_ledger_write_errors_total[{RI}]))", "failed batches"),
         ), "ops"),
+        Panel("Store and limits round trip (measured at scrape)", (
+            q("max by (instance) (tollhouse_store_latency_seconds)", "store {{instance}}"),
+            q("max by (instance, backend) (tollhouse_limits_latency_seconds)",
+              "{{backend}} {{instance}}"),
+        ), "s"),
         Panel("Event loop lag", (q(
             "max by (instance) (tollhouse_event_loop_lag_seconds)", "{{instance}}"),), "s"),
         Panel("Sink errors / s", (q(

@@ -104,7 +104,7 @@ class App:
                                 await self._budget_rules(store, admission), self._clock())  # fmt: skip
             await admission.start()
             stack.push_async_callback(admission.stop)  # settles drain before the store closes
-            self.snapshot.attach(backend, ledger)
+            self.snapshot.attach(backend, ledger, store, config.limits.backend)
             admin_key = self._env().get(config.auth.admin_key_env or "") or None
             directory = StoreDirectory(
                 Keys(store.engine), Teams(store.engine), Users(store.engine), admin_key

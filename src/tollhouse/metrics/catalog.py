@@ -236,13 +236,25 @@ LEDGER_ERRORS = MetricSpec(
     scrape_time=True,
 )  # fmt: skip
 
+STORE_LATENCY = MetricSpec(
+    "tollhouse_store_latency_seconds", "gauge",
+    "Round trip of a trivial query to the store (SQLite or PostgreSQL), measured at scrape.",
+    scrape_time=True,
+)  # fmt: skip
+LIMITS_LATENCY = MetricSpec(
+    "tollhouse_limits_latency_seconds", "gauge",
+    "Round trip to the budget and rate-limit counters, measured at scrape: a Redis PING "
+    "for backend=redis, 0 for the in-process memory backend.",
+    ("backend",), scrape_time=True,
+)  # fmt: skip
+
 CATALOG: tuple[MetricSpec, ...] = (
     REQUESTS, REQUEST_DURATION, UPSTREAM_DURATION, OVERHEAD, TTFT, TPOT, TOKENS, COST,
     UNPRICED, ERRORS, IN_FLIGHT, RATELIMIT_REQUESTS, RATELIMIT_TOKENS, BUILD_INFO, SINK_ERRORS,
     REJECTIONS, BUDGET_LIMIT, BUDGET_SOFT_LIMIT, BUDGET_SPEND, BUDGET_RESERVED, BUDGET_REMAINING,
     BUDGET_RESET, RATE_LIMIT, RATE_REMAINING, LEDGER_BACKLOG, LEDGER_WRITTEN, LEDGER_ERRORS,
     UPSTREAM_REQUESTS, RETRIES, FALLBACKS, COOLDOWNS, DEPLOYMENT_STATE, BACKEND_UP, CACHE_REQUESTS,
-    CACHE_SAVED_TOKENS, CACHE_SAVED_COST,
+    CACHE_SAVED_TOKENS, CACHE_SAVED_COST, STORE_LATENCY, LIMITS_LATENCY,
 )  # fmt: skip
 
 

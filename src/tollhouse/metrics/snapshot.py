@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -27,6 +28,10 @@ def usd(nano: int) -> float:
 
 
 MAX_TRACKED = 10_000  # rules shown as gauges; end users beyond this fold away (cardinality)
+
+
+class Pingable(Protocol):
+    async def ping(self) -> float: ...
 
 
 @dataclass
@@ -54,6 +59,10 @@ class LimitsSnapshot:
         self._rates: dict[tuple[str, str, str, str | None], RateRule] = {}
         self.current = Snapshot()
         self.ledger: Callable[[], LedgerStats] = LedgerStats
+        self._store: Pingable | None = None
+        self._backend_name = "memory"
+        self.store_latency: float | None = None
+        self.limits_latency: float | None = None
 
     def track(self, budgets: list[BudgetRule], rates: list[RateRule]) -> None:
         """Remember rules so they are reported (bounded; cheap enough for the request path)."""
@@ -66,9 +75,12 @@ class LimitsSnapshot:
             if rkey not in self._rates and len(self._rates) < MAX_TRACKED:
                 self._rates[rkey] = r
 
-    def attach(self, backend: LimitsBackend, ledger: object) -> None:
-        """Point the snapshot at the live counters and the ledger writer (at start-up)."""
+    def attach(self, backend: LimitsBackend, ledger: object, store: Pingable | None = None,
+               backend_name: str = "memory") -> None:  # fmt: skip
+        """Point the snapshot at the live counters, the ledger writer and the store (start-up)."""
         self._backend = backend
+        self._store = store
+        self._backend_name = backend_name
 
         def stats() -> LedgerStats:
             return LedgerStats(
@@ -79,7 +91,18 @@ class LimitsSnapshot:
 
         self.ledger = stats
 
+    async def _latencies(self) -> None:
+        """Round trips to the store and the counters, measured now (a failed one reads NaN)."""
+        for target, attr in ((self._store, "store_latency"), (self._backend, "limits_latency")):
+            if target is None:
+                continue
+            try:
+                setattr(self, attr, await target.ping())
+            except Exception:  # unreachable: report it as NaN, the scrape itself still works
+                setattr(self, attr, float("nan"))
+
     async def refresh(self) -> None:
+        await self._latencies()
         if self._backend is None:
             return
         now = self._clock()
@@ -117,6 +140,16 @@ class LimitsSnapshot:
                 [rate.scope, entity, kind], max(0, rate.limit - count)
             )
         yield from families.values()
+        if self.store_latency is not None:
+            yield GaugeMetricFamily(
+                c.STORE_LATENCY.name, c.STORE_LATENCY.help, value=self.store_latency
+            )
+        if self.limits_latency is not None:
+            fam = GaugeMetricFamily(
+                c.LIMITS_LATENCY.name, c.LIMITS_LATENCY.help, labels=["backend"]
+            )
+            fam.add_metric([self._backend_name], self.limits_latency)
+            yield fam
         stats = self.ledger()
         yield GaugeMetricFamily(c.LEDGER_BACKLOG.name, c.LEDGER_BACKLOG.help, value=stats.backlog)
         yield CounterMetricFamily(c.LEDGER_WRITTEN.name.removesuffix("_total"), c.LEDGER_WRITTEN.help,
