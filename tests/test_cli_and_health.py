@@ -46,7 +46,10 @@ def test_serve_on_embedded_defaults_answers_and_logs_then_stops_cleanly() -> Non
         assert r.status_code == 200
         assert r.json()["choices"][0]["message"]["content"] == "hello world"
         scrape = httpx.get(url + "/metrics").text
-        assert 'key="anonymous",model="mock-chat",outcome="success",provider="mock",status_class="2xx",team="none"}' in scrape
+        assert (
+            'key="anonymous",model="mock-chat",outcome="success",provider="mock",status_class="2xx",team="none"}'
+            in scrape
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
