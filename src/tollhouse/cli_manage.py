@@ -1,7 +1,7 @@
 """``tollhouse migrate`` and the key, team and user commands.
 
 They open the store named by the config (or ``--store URL``), run one
-operation through ``tollhouse.identity.manage`` (the same code the admin API
+operation through ``tollhouse.admin.service`` (the same audited code the admin API
 uses) and print the result. A new key's secret is printed once; only its
 hash is stored.
 """
@@ -16,8 +16,10 @@ from decimal import Decimal, InvalidOperation
 
 import orjson
 
+from tollhouse.admin.audit import CLI
+from tollhouse.admin.service import AdminService
 from tollhouse.config import ConfigError, load_config
-from tollhouse.identity.manage import LimitsInput, Manager
+from tollhouse.identity.manage import LimitsInput
 from tollhouse.store.engine import Store
 from tollhouse.store.migrate import migrate
 from tollhouse.store.models import ApiKey, ModelLimit, StoreError
@@ -77,11 +79,11 @@ def _key_json(key: ApiKey) -> dict[str, object]:
     }  # fmt: skip
 
 
-async def _run(args: argparse.Namespace, op: Callable[[Manager], Awaitable[object]]) -> object:
+async def _run(args: argparse.Namespace, op: Callable[[AdminService], Awaitable[object]]) -> object:
     url = _store_url(args)
     await migrate(url)
     async with Store(url) as store:
-        return await op(Manager(store))
+        return await op(AdminService(store))  # the admin API's code: every mutation audited
 
 
 def _print(value: object) -> None:
@@ -102,14 +104,14 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys_create(args: argparse.Namespace) -> Callable[[Manager], Awaitable[object]]:
-    async def op(m: Manager) -> object:
-        new = await m.create_key(
-            args.alias, team=args.team, user=args.user,
+def _keys_create(args: argparse.Namespace) -> Callable[[AdminService], Awaitable[object]]:
+    async def op(s: AdminService) -> object:
+        new = await s.create_key(
+            CLI, args.alias, team=args.team, user=args.user,
             models=args.models.split(",") if args.models else None,
             model_limits=dict(args.model_limit) if args.model_limit else None,
             limits=_limits(args), expires_in=args.expires_in,
-            cache=None if args.cache is None else args.cache == "on",
+            metadata=None if args.cache is None else {"cache": args.cache == "on"},
         )  # fmt: skip
         return {
             "secret": new.secret,
@@ -184,34 +186,36 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         p.set_defaults(func=_command, builder=_creator(kind))
 
 
-async def _noop(m: Manager) -> object:
+async def _noop(s: AdminService) -> object:
     return {"migrated": True}
 
 
-async def _keys_list(m: Manager) -> object:
-    return [_key_json(k) for k in await m.keys.list()]
+async def _keys_list(s: AdminService) -> object:
+    return [_key_json(k) for k in await s.store.keys.list()]
 
 
 def _blocker(
     blocked: bool,
-) -> Callable[[argparse.Namespace], Callable[[Manager], Awaitable[object]]]:
-    def build(args: argparse.Namespace) -> Callable[[Manager], Awaitable[object]]:
-        async def op(m: Manager) -> object:
-            return _key_json(await m.block_key(args.alias, blocked))
+) -> Callable[[argparse.Namespace], Callable[[AdminService], Awaitable[object]]]:
+    def build(args: argparse.Namespace) -> Callable[[AdminService], Awaitable[object]]:
+        async def op(s: AdminService) -> object:
+            return _key_json(await s.set_blocked(CLI, "key", args.alias, blocked))
 
         return op
 
     return build
 
 
-def _creator(kind: str) -> Callable[[argparse.Namespace], Callable[[Manager], Awaitable[object]]]:
-    def build(args: argparse.Namespace) -> Callable[[Manager], Awaitable[object]]:
-        async def op(m: Manager) -> object:
+def _creator(
+    kind: str,
+) -> Callable[[argparse.Namespace], Callable[[AdminService], Awaitable[object]]]:
+    def build(args: argparse.Namespace) -> Callable[[AdminService], Awaitable[object]]:
+        async def op(s: AdminService) -> object:
             if kind == "teams":
                 models = args.models.split(",") if args.models else None
-                team = await m.create_team(args.alias, _limits(args), models)
+                team = await s.create_team(CLI, args.alias, _limits(args), models)
                 return {"id": team.id, "alias": team.alias}
-            user = await m.create_user(args.alias, _limits(args), args.team, args.email)
+            user = await s.create_user(CLI, args.alias, _limits(args), args.team, args.email)
             return {"id": user.id, "alias": user.alias}
 
         return op
@@ -219,9 +223,9 @@ def _creator(kind: str) -> Callable[[argparse.Namespace], Callable[[Manager], Aw
     return build
 
 
-def _end_user_setter(args: argparse.Namespace) -> Callable[[Manager], Awaitable[object]]:
-    async def op(m: Manager) -> object:
-        row = await m.set_end_user(args.end_user, _limits(args))
+def _end_user_setter(args: argparse.Namespace) -> Callable[[AdminService], Awaitable[object]]:
+    async def op(s: AdminService) -> object:
+        row = await s.set_end_user(CLI, args.end_user, _limits(args))
         return {"end_user": row.id, "budget_period": row.limits.budget_period,
                 "rpm": row.limits.rpm, "tpm": row.limits.tpm}  # fmt: skip
 
