@@ -45,5 +45,5 @@ def test_usage_and_key_commands_match_the_api(tmp_path: Path) -> None:
     assert code == 1 and "no key" in err
     with admin_gateway(gateway_config(store)) as gw, admin_client(gw) as api:
         rows = ok(api.get("/audit", params={"actor": "cli"}))["data"]
-    assert [r["action"] for r in rows] == ["key.delete", "key.block", "key.update"]
+    assert [r["action"] for r in rows] == ["key.delete", "key.block", "key.update", "key.create"]
     assert {r["address"] for r in rows} == {"local"}
