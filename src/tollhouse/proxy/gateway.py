@@ -56,6 +56,10 @@ class Gateway:
     cache: ResponseCache | None = None
     ready: bool = False
     rng: random.Random = field(default_factory=random.Random)
+    executor: Executor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.executor = Executor(self.router, self.rng)
 
     @classmethod
     def build(cls, config: Config, router: Router, prices: PriceBook, metrics: Metrics,
@@ -120,7 +124,7 @@ class Gateway:
     async def execute(self, ctx: RequestContext, call: Call) -> None:
         """Serve through the group's deployments, with retries and fallbacks."""
         assert ctx.group is not None
-        await Executor(self.router, self.rng).run(ctx.group, call, _Hooks(self, ctx))
+        await self.executor.run(ctx.group, call, _Hooks(self, ctx))
 
     def rejected(self, err: GatewayError) -> None:
         """Count refusals at the gate by reason and scope."""

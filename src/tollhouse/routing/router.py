@@ -64,6 +64,8 @@ class ModelGroup:
     def order(self, rng: random.Random) -> list[Deployment]:
         """Available deployments, best first by the group's strategy. When every one is
         cooled down, all of them, soonest back first: a group never refuses on its own."""
+        if len(self.deployments) == 1:  # the common case: nothing to choose, nothing to draw
+            return list(self.deployments)
         ready = [d for d in self.deployments if d.health.available()]
         if not ready:
             return sorted(
