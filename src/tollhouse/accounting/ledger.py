@@ -124,7 +124,7 @@ class LedgerWriter:
         self._batch_size = config.batch_size
         self._flush_interval = config.flush_interval
         self._retry_interval = config.retry_interval
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[UsageEvent] = deque()
         self._wake = asyncio.Event()  # set when a full batch is waiting, or on stop
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -137,8 +137,9 @@ class LedgerWriter:
         return len(self._queue)
 
     def __call__(self, event: UsageEvent) -> None:
-        """The sink: queue the row, wake the writer once a batch is full. Never awaits."""
-        self._queue.append(event_row(event))
+        """The sink: queue the event, wake the writer once a batch is full. Never awaits;
+        the event becomes a row in the writer, off the request path."""
+        self._queue.append(event)
         if len(self._queue) >= self._batch_size:
             self._wake.set()
 
@@ -207,7 +208,7 @@ class LedgerWriter:
         """
         failures = 0
         while len(self._queue) >= (1 if everything else self._batch_size):
-            batch = list(itertools.islice(self._queue, self._batch_size))
+            batch = [event_row(e) for e in itertools.islice(self._queue, self._batch_size)]
             try:
                 await self._ledger.insert(batch)
             except Exception as err:  # any failure: keep the rows, report, retry

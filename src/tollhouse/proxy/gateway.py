@@ -57,6 +57,7 @@ class Gateway:
     ready: bool = False
     rng: random.Random = field(default_factory=random.Random)
     executor: Executor = field(init=False)
+    worst_prices: dict[str, Price | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.executor = Executor(self.router, self.rng)
@@ -82,10 +83,15 @@ class Gateway:
         return group
 
     def _worst_price(self, group: ModelGroup) -> Price | None:
-        """The dearest price among every deployment this request could reach."""
+        """The dearest price among every deployment this request could reach (fixed per
+        group, so computed once and kept)."""
+        if group.name in self.worst_prices:
+            return self.worst_prices[group.name]
         groups = [group, *(self.router.resolve(m) for f in group.config.fallbacks for m in f.to)]
         prices = [p for g in groups if (p := g.max_price) is not None]
-        return max(prices, key=lambda p: p.input.base + p.output.base) if prices else None
+        worst = max(prices, key=lambda p: p.input.base + p.output.base) if prices else None
+        self.worst_prices[group.name] = worst
+        return worst
 
     async def admit(self, ctx: RequestContext, input_tokens: int, output_tokens: int) -> None:
         """Check the model is allowed, then reserve the caller's limits for the worst case."""
