@@ -267,6 +267,7 @@ _COLUMNS: Final = (
     ("ttft50 gw", 9),
     ("+ttft50", 7),
     ("err dir/gw", 10),
+    ("gw cpu", 6),
 )
 
 
@@ -278,12 +279,20 @@ def _pick(p: Percentiles | None, which: str) -> float | None:
     return None if p is None else float(getattr(p, which))
 
 
-def _row(scenario: Scenario, direct: LoadResult, gateway: LoadResult) -> str:
+def _row(
+    scenario: Scenario,
+    direct: LoadResult,
+    gateway: LoadResult,
+    cpu_s: float | None,
+    warmup_s: float,
+) -> str:
     def trio(direct_p: Percentiles | None, gateway_p: Percentiles | None, which: str) -> list[str]:
         d, g = _pick(direct_p, which), _pick(gateway_p, which)
         return [_ms(d), _ms(g), _added(g, d)]
 
     ratio = gateway.rps / direct.rps if direct.rps else None
+    served = gateway.rps * (gateway.duration_s + warmup_s)
+    cpu_us = "-" if cpu_s is None or not served else f"{cpu_s / served * 1e6:.0f}"
     return _line(
         [
             f"{scenario.delay_ms}ms",
@@ -296,18 +305,31 @@ def _row(scenario: Scenario, direct: LoadResult, gateway: LoadResult) -> str:
             *trio(direct.latency_ms, gateway.latency_ms, "p99"),
             *trio(direct.ttft_ms, gateway.ttft_ms, "p50"),
             f"{direct.errors}/{gateway.errors}",
+            cpu_us,
         ]
     )
 
 
-def _scenarios(quick: bool) -> list[Scenario]:
-    concurrency = QUICK_CONCURRENCY if quick else CONCURRENCY
+def _scenarios(args: argparse.Namespace) -> list[Scenario]:
+    concurrency = args.concurrency or (QUICK_CONCURRENCY if args.quick else CONCURRENCY)
+    modes = {"json": (False,), "stream": (True,)}.get(args.mode, (False, True))
     return [
         Scenario(delay, conc, stream)
-        for delay in DELAYS_MS
-        for stream in (False, True)
+        for delay in args.delay or DELAYS_MS
+        for stream in modes
         for conc in concurrency
     ]
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User plus system CPU time of a process so far (Linux ``/proc``), or None."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -318,8 +340,11 @@ def _stack(
     mock_port: int,
     gateway_url: str | None,
     workdir: Path,
-) -> Iterator[str]:
-    """Start the mock (and, unless external, the gateway) for one delay; yield the gateway URL."""
+) -> Iterator[tuple[str, int | None]]:
+    """Start the mock (and, unless external, the gateway) for one delay.
+
+    Yields the gateway's URL and, when this run started it, its pid (for CPU accounting).
+    """
     mock_log = workdir / f"mock-{delay_ms}ms.log"
     with mock_log.open("wb") as log:
         mock = children.start(
@@ -345,7 +370,7 @@ def _stack(
             raise BenchError(f"{exc}\n--- mock upstream output (tail) ---\n{tail}") from None
         if gateway_url is not None:
             _wait_ready(f"{gateway_url}/health/ready", None, "gateway", allow_404=True)
-            yield gateway_url
+            yield gateway_url, None
             return
         config = workdir / "tollhouse.yaml"
         model = str(DEFAULT_BODY["model"])
@@ -361,7 +386,7 @@ def _stack(
         except BenchError as exc:
             tail = log_path.read_text(errors="replace")[-3000:]
             raise BenchError(f"{exc}\n--- gateway output (tail) ---\n{tail}") from None
-        yield url
+        yield url, gateway.pid
     finally:
         if gateway is not None:
             children.stop(gateway)
@@ -391,6 +416,21 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="port of the mock upstream (default: a free one; set it to the port an "
         "already-running gateway proxies to)",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        action="append",
+        help="measure only this concurrency (repeatable; default 1, 16 and 64)",
+    )
+    parser.add_argument(
+        "--delay",
+        type=int,
+        action="append",
+        help="measure only this upstream delay in ms (repeatable; default 0 and 50)",
+    )
+    parser.add_argument(
+        "--mode", choices=("json", "stream", "both"), default="both", help="response kind"
+    )
     # Hidden: measure an already-running gateway (or, to test this harness, a second mock).
     parser.add_argument("--gateway-url", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -412,7 +452,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     """Run every scenario, printing each table row as soon as it is measured."""
     pinning = _pinning(external_gateway=args.gateway_url is not None, pin=not args.no_pin)
-    scenarios = _scenarios(args.quick)
+    scenarios = _scenarios(args)
     legs = 2 * len(scenarios) * (args.duration + args.warmup)
     print(_machine())
     print(f"pinning: {pinning.description}")
@@ -423,25 +463,31 @@ def run(args: argparse.Namespace) -> int:
     )
     gateway_desc = args.gateway_url or "tollhouse serve (started per upstream delay)"
     print(f"gateway: {gateway_desc}")
-    print("times in ms; + columns = gateway minus direct\n")
+    print(
+        "times in ms; + columns = gateway minus direct; gw cpu = gateway process CPU "
+        "per request (µs, warm-up included)\n"
+    )
     print(_line([name for name, _ in _COLUMNS]))
     print(_line(["-" * width for _, width in _COLUMNS]), flush=True)
 
     children = Children()
     try:
         with tempfile.TemporaryDirectory(prefix="tollhouse-bench-") as tmp:
-            for delay in DELAYS_MS:
+            for delay in args.delay or DELAYS_MS:
                 group = [s for s in scenarios if s.delay_ms == delay]
                 if not group:
                     continue
                 port = args.mock_port or _free_port()
-                with _stack(children, pinning, delay, port, args.gateway_url, Path(tmp)) as gw:
+                stack = _stack(children, pinning, delay, port, args.gateway_url, Path(tmp))
+                with stack as (gw, pid):
                     for scenario in group:
-                        direct, gateway = (
-                            _load(children, pinning, base + CHAT_PATH, scenario, args)
-                            for base in (f"http://127.0.0.1:{port}", gw)
-                        )
-                        print(_row(scenario, direct, gateway), flush=True)
+                        url = f"http://127.0.0.1:{port}" + CHAT_PATH
+                        direct = _load(children, pinning, url, scenario, args)
+                        cpu0 = _cpu_seconds(pid)
+                        gateway = _load(children, pinning, gw + CHAT_PATH, scenario, args)
+                        cpu1 = _cpu_seconds(pid)
+                        cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+                        print(_row(scenario, direct, gateway, cpu, args.warmup), flush=True)
                         for leg, result in (("direct", direct), ("gateway", gateway)):
                             if result.error_samples:
                                 samples = "; ".join(result.error_samples)

@@ -147,6 +147,37 @@ async def test_a_partial_batch_is_written_after_flush_interval(store: Store) -> 
     await writer.stop()
 
 
+class SlowLedger:
+    """A ledger whose every write takes ``seconds``, as a loaded database's would."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.batches: list[int] = []
+
+    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        await asyncio.sleep(self.seconds)
+        self.batches.append(len(rows))
+
+
+async def test_a_periodic_flush_under_steady_traffic_does_not_chase_new_rows() -> None:
+    """Rows arriving during a flush wait for the next one: a flush per interval, not a
+    stream of tiny transactions each holding what came in during the last one."""
+    repo = SlowLedger(0.02)
+    writer = LedgerWriter(repo, LedgerConfig(batch_size=100_000, flush_interval=0.25))  # type: ignore[arg-type]
+    await writer.start()
+    loop = asyncio.get_running_loop()
+    end, sent = loop.time() + 1.5, 0
+    while loop.time() < end:  # ~1,000 events/s, like a busy gateway at concurrency 1
+        writer(replace(EVENT, request_id=f"req-{sent}"))
+        sent += 1
+        await asyncio.sleep(0.001)
+    await writer.stop()
+    assert sum(repo.batches) == sent
+    # 1.5 s at one flush per 0.25 s is 6 flushes, plus the final one at stop; chasing the
+    # tail writes a batch every 20 ms (dozens).
+    assert len(repo.batches) <= 8, repo.batches
+
+
 async def test_the_sink_is_a_plain_call_that_never_touches_the_database(store: Store) -> None:
     """Queueing 10,000 rows needs no await: the request path does no I/O."""
     writer, repo = writer_for(store, batch_size=100, flush_interval=0.01)

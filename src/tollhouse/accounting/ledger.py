@@ -202,12 +202,23 @@ class LedgerWriter:
                 await self._wake.wait()
 
     async def _write_queued(self, everything: bool) -> None:
-        """Write full batches (and the partial tail if ``everything``); retry, never drop.
+        """Write full batches (and, if ``everything``, the rows queued at the call); retry,
+        never drop.
 
-        A failed batch stays at the head of the queue, so rows are written in order.
+        Rows that arrive while a periodic flush is writing wait for the next flush
+        (or for a batch to fill): chasing them would keep the writer busy under
+        steady traffic, each transaction carrying only the few rows that came in
+        during the previous one (measured: ~20 rows per transaction at 900 req/s
+        instead of ~450), with the per-transaction cost (begin, commit, fsync,
+        thread hand-offs) competing with requests for the event loop. Stopping
+        writes until the queue is empty. A failed batch stays at the head of the
+        queue, so rows are written in order.
         """
         failures = 0
-        while len(self._queue) >= (1 if everything else self._batch_size):
+        owed = len(self._queue) if everything else 0  # the tail this flush must write
+        while self._queue and (
+            len(self._queue) >= self._batch_size or owed > 0 or (self._stopping and everything)
+        ):
             batch = [event_row(e) for e in itertools.islice(self._queue, self._batch_size)]
             try:
                 await self._ledger.insert(batch)
@@ -220,6 +231,7 @@ class LedgerWriter:
                 )  # fmt: skip
                 await asyncio.sleep(self._retry_interval)
                 continue
+            owed -= len(batch)
             for _ in batch:
                 self._queue.popleft()
             self.written_total += len(batch)
