@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
 import httpx
@@ -10,6 +11,8 @@ import pytest
 
 from bench.mock_upstream import MockUpstream
 from tests.conftest import mock_config, run_gateway
+from tests.test_ledger_writer import EVENT
+from tollhouse.accesslog import AccessLog, BatchingStreamHandler, record
 
 SECRET = "sk-live-0123456789abcdef-secret"
 
@@ -72,3 +75,80 @@ def test_no_secret_reaches_logs_metrics_or_errors(caplog: pytest.LogCaptureFixtu
     assert SECRET not in scrape
     assert all(SECRET not in r.getMessage() for r in caplog.records)
     assert all(SECRET not in str(r.__dict__) for r in caplog.records)
+
+
+def _logger_with_handler(name: str) -> tuple[logging.Logger, io.StringIO, BatchingStreamHandler]:
+    """A logger set up as ``tollhouse serve`` sets up the access log, writing to a buffer."""
+    log = logging.getLogger(name)
+    log.handlers.clear()
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    out = io.StringIO()
+    handler = BatchingStreamHandler(out, interval=3600)
+    log.addHandler(handler)
+    return log, out, handler
+
+
+def test_the_cli_handler_gets_lines_written_directly_and_identically(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With only the CLI's handler attached, lines skip LogRecord creation (half the sink's
+    cost) and are the bytes the logging path would have written."""
+    log, out, handler = _logger_with_handler("tollhouse.test.access.direct")
+    made: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: object, **kwargs: object) -> logging.LogRecord:
+        made.append(factory(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(logging, "_logRecordFactory", counting)
+    try:
+        AccessLog(log)(EVENT)
+        assert made == []  # the direct path: no record built
+        direct = out.getvalue()
+        out.seek(0), out.truncate()
+        log.addFilter(seen := RecordingFilter())  # an observer: the normal path again
+        AccessLog(log)(EVENT)
+        assert len(made) == 1 and seen.records == made
+        assert out.getvalue() == direct == orjson.dumps(record(EVENT)).decode() + "\n"
+    finally:
+        handler.close()
+
+
+def test_any_other_logging_setup_sees_every_line_through_logging() -> None:
+    """Propagation, a second handler or a changed formatter each disable the direct path."""
+    for change in ("propagate", "second handler", "formatter"):
+        log, out, handler = _logger_with_handler(f"tollhouse.test.access.{change}")
+        if change == "propagate":  # the root logger's handlers (caplog, say) must see it
+            log.propagate = True
+            assert BatchingStreamHandler.sole_target(log) is None
+        elif change == "second handler":
+            extra = RecordingHandler()
+            log.addHandler(extra)
+            AccessLog(log)(EVENT)
+            assert len(extra.records) == 1 and out.getvalue().count("\n") == 1
+        else:
+            handler.setFormatter(logging.Formatter("access %(message)s"))
+            AccessLog(log)(EVENT)
+            assert out.getvalue().startswith("access {")
+        handler.close()
+
+
+class RecordingFilter(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return True
+
+
+class RecordingHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

@@ -58,14 +58,26 @@ def record(event: UsageEvent) -> dict[str, object]:
 
 
 class AccessLog:
+    """The sink. Lines go through ``logging`` unless only the CLI's own handler could
+    see them (see ``BatchingStreamHandler.sole_target``): then they are written to it
+    directly, skipping the LogRecord, caller lookup and handler dispatch that cost
+    about as much as building the line itself."""
+
     name = "access_log"
 
     def __init__(self, log: logging.Logger = logger) -> None:
         self._log = log
 
     def __call__(self, event: UsageEvent) -> None:
-        if self._log.isEnabledFor(logging.INFO):
-            self._log.info(orjson.dumps(record(event)).decode())
+        log = self._log
+        if not log.isEnabledFor(logging.INFO):
+            return
+        line = orjson.dumps(record(event)).decode()
+        handler = BatchingStreamHandler.sole_target(log)
+        if handler is not None:
+            handler.write_line(line)
+        else:
+            log.info(line)
 
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -80,10 +92,42 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: TextIO, interval: float = 0.25) -> None:
         super().__init__(stream)
+        self._message_only = logging.Formatter("%(message)s")
+        self.setFormatter(self._message_only)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True,
                                         name="tollhouse-access-log")  # fmt: skip
         self._thread.start()
+
+    @classmethod
+    def sole_target(cls, log: logging.Logger) -> BatchingStreamHandler | None:
+        """The handler a line for ``log`` can be written to without a LogRecord.
+
+        Only when nothing else could observe the record: this is the logger's one
+        handler, with its own message-only formatter, and no filter or propagation
+        to other handlers. Any other logging setup an operator makes gets the
+        normal path.
+        """
+        handlers = log.handlers
+        if len(handlers) != 1 or log.propagate or log.filters:
+            return None
+        handler = handlers[0]
+        if (
+            type(handler) is not cls
+            or handler.filters
+            or handler.level > logging.INFO
+            or handler.formatter is not handler._message_only
+        ):
+            return None
+        return handler
+
+    def write_line(self, line: str) -> None:
+        """What ``emit`` would write for a record whose message is ``line``."""
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            try:
+                self.stream.write(line + self.terminator)
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": line}))
 
     def flush(self) -> None:
         """Per-record flushes are skipped; ``flush_now`` does the real one."""

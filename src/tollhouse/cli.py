@@ -29,9 +29,7 @@ def _configure_logging(level: str, access_log: bool) -> None:
     access.propagate = False
     access.handlers.clear()
     if access_log:
-        handler = BatchingStreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
+        access.addHandler(BatchingStreamHandler(sys.stdout))  # message-only lines
         access.setLevel(logging.INFO)
     else:
         access.setLevel(logging.WARNING)
