@@ -106,11 +106,13 @@ def test_the_cli_handler_gets_lines_written_directly_and_identically(
     try:
         AccessLog(log)(EVENT)
         assert made == []  # the direct path: no record built
+        handler.flush_now()
         direct = out.getvalue()
         out.seek(0), out.truncate()
         log.addFilter(seen := RecordingFilter())  # an observer: the normal path again
         AccessLog(log)(EVENT)
         assert len(made) == 1 and seen.records == made
+        handler.flush_now()
         assert out.getvalue() == direct == orjson.dumps(record(EVENT)).decode() + "\n"
     finally:
         handler.close()
@@ -127,12 +129,61 @@ def test_any_other_logging_setup_sees_every_line_through_logging() -> None:
             extra = RecordingHandler()
             log.addHandler(extra)
             AccessLog(log)(EVENT)
+            handler.flush_now()
             assert len(extra.records) == 1 and out.getvalue().count("\n") == 1
         else:
             handler.setFormatter(logging.Formatter("access %(message)s"))
             AccessLog(log)(EVENT)
+            handler.flush_now()
             assert out.getvalue().startswith("access {")
         handler.close()
+
+
+class CountingStream(io.StringIO):
+    """Counts write calls: each one would be a syscall on an unbuffered stdout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_are_written_in_batches_even_to_an_unbuffered_stream() -> None:
+    """PYTHONUNBUFFERED makes stdout write through on every call, so the handler batches
+    lines itself: 1,000 lines from the direct and the logging path are one write."""
+    stream = CountingStream()
+    handler = BatchingStreamHandler(stream, interval=3600)
+    log = logging.getLogger("tollhouse.test.access.batches")
+    log.handlers.clear()
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for i in range(1000):
+            if i % 2:
+                handler.write_line(f"line {i}")
+            else:
+                log.info("line %d", i)
+        assert stream.writes == 0
+        handler.flush_now()
+        assert stream.writes == 1
+        assert stream.getvalue().splitlines() == [f"line {i}" for i in range(1000)]
+    finally:
+        handler.close()
+
+
+def test_a_stalled_stream_pushes_back_instead_of_queueing_without_bound() -> None:
+    stream = CountingStream()
+    handler = BatchingStreamHandler(stream, interval=3600, max_pending=100)
+    try:
+        for i in range(250):
+            handler.write_line(f"line {i}")
+        assert stream.writes == 2 and stream.getvalue().count("\n") == 200
+    finally:
+        handler.close()
+    assert stream.writes == 3 and stream.getvalue().count("\n") == 250
 
 
 class RecordingFilter(logging.Filter):

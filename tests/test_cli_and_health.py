@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -58,6 +59,47 @@ def test_serve_on_embedded_defaults_answers_and_logs_then_stops_cleanly() -> Non
     assert b"Application shutdown complete" in err
     lines = [orjson.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     assert [line["model"] for line in lines] == ["mock-chat"]
+
+
+def test_a_running_gateway_writes_access_lines_within_a_second_whatever_the_buffering() -> None:
+    """Lines are batched by the access log's own writer, which must survive uvicorn's
+    logging setup: with a block-buffered stdout (no PYTHONUNBUFFERED) a line still
+    appears while the gateway runs, not only at exit or once 8 KB have piled up."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tollhouse.cli", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(url + "/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "gateway did not start"
+            time.sleep(0.1)
+        body = {"model": "mock-chat", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 200
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        seen = b""
+        deadline = time.monotonic() + 2
+        while b"\n" not in seen and time.monotonic() < deadline:
+            seen += os.read(proc.stdout.fileno(), 65536) if _readable(proc.stdout) else b""
+            time.sleep(0.05)
+        assert orjson.loads(seen.splitlines()[0])["model"] == "mock-chat"
+        assert proc.poll() is None  # still serving: the line did not wait for exit
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def _readable(stream: Any) -> bool:
+    return bool(select.select([stream], [], [], 0)[0])
 
 
 def test_serve_refuses_an_invalid_config(tmp_path: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -79,21 +80,35 @@ class AccessLog:
         else:
             log.info(line)
 
+    def flush(self) -> None:
+        """Write out lines the handlers still hold: the app calls this last at shutdown,
+        because uvicorn ends a SIGTERMed process by re-raising the signal, so neither
+        the handlers' timer nor ``logging.shutdown`` gets another chance."""
+        for handler in self._log.handlers:
+            handler.flush()
+
 
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that does not flush after every line.
+    """A stream handler that writes its lines in batches, off the request path.
 
-    ``StreamHandler`` flushes per record: one write syscall per request. Here
-    lines collect in the stream's buffer and a daemon thread flushes it every
-    ``interval`` seconds (and ``close``, which ``logging.shutdown`` calls at exit,
-    flushes what is left), so a line appears within ``interval`` and costs no
-    syscall of its own on the request path.
+    ``StreamHandler`` writes and flushes per record: a write syscall per request.
+    Leaving the batching to the stream's own buffer is not enough, because
+    ``PYTHONUNBUFFERED=1`` (common in container images, and set by the benchmark)
+    makes stdout write through on every call. So lines collect in a list here,
+    and a daemon thread writes them in one call every ``interval`` seconds;
+    ``close``, which ``logging.shutdown`` calls at exit, writes what is left. A
+    line appears within ``interval``. If the stream stalls (a blocked pipe) and
+    ``max_pending`` lines pile up, the caller writes them itself: the same
+    back-pressure a plain handler gives, instead of unbounded memory.
     """
 
-    def __init__(self, stream: TextIO, interval: float = 0.25) -> None:
+    def __init__(self, stream: TextIO, interval: float = 0.25, max_pending: int = 10_000) -> None:
         super().__init__(stream)
         self._message_only = logging.Formatter("%(message)s")
         self.setFormatter(self._message_only)
+        self._pending: deque[str] = deque()  # append and popleft are thread-safe
+        self._max_pending = max_pending
+        self._writing = threading.Lock()  # orders batches; held while the stream writes
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True,
                                         name="tollhouse-access-log")  # fmt: skip
@@ -122,18 +137,36 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return handler
 
     def write_line(self, line: str) -> None:
-        """What ``emit`` would write for a record whose message is ``line``."""
-        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            try:
-                self.stream.write(line + self.terminator)
-            except Exception:
-                self.handleError(logging.makeLogRecord({"msg": line}))
+        """Queue what ``emit`` would write for a record whose message is ``line``."""
+        pending = self._pending
+        pending.append(line + self.terminator)
+        if len(pending) >= self._max_pending:
+            self.flush_now()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self.write_line(line)
 
     def flush(self) -> None:
-        """Per-record flushes are skipped; ``flush_now`` does the real one."""
+        """Write what is queued now (``emit`` never calls this per record, as
+        ``StreamHandler.emit`` would)."""
+        self.flush_now()
 
     def flush_now(self) -> None:
-        super().flush()
+        """Write every queued line in one call, then flush the stream."""
+        with self._writing:
+            pending = self._pending
+            lines = [pending.popleft() for _ in range(len(pending))]  # later lines wait
+            try:
+                if lines:
+                    self.stream.write("".join(lines))
+                super().flush()
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": f"{len(lines)} access lines"}))
 
     def _loop(self, interval: float) -> None:
         while not self._stop.wait(interval):

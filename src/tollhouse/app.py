@@ -85,6 +85,9 @@ class App:
         """Open every resource in order; close them in reverse (the ledger flushes last)."""
         config = self.config
         async with AsyncExitStack() as stack:
+            access_log = AccessLog() if config.server.access_log else None
+            if access_log is not None:  # closed last, once no request can log a line
+                stack.callback(access_log.flush)
             router = Router(config, self.prices, self._environ)  # pools need the loop
             stack.push_async_callback(router.aclose)
             self._router = router
@@ -112,7 +115,7 @@ class App:
             )
             auth = guarded_authenticator(directory, config, self.metrics, self._admin_settings)
             gw = Gateway.build(config, router, self.prices, self.metrics,
-                               self._sinks(ledger), auth, admission, self.snapshot)  # fmt: skip
+                               self._sinks(ledger, access_log), auth, admission, self.snapshot)  # fmt: skip
             gw.end_users = EndUserDirectory(EndUsers(store.engine), config.auth.cache_ttl)
             gw.cache = self._response_cache()
             stack.push_async_callback(gw.cache.aclose)
@@ -153,10 +156,10 @@ class App:
             return RedisLimits(limits.redis_url, limits.redis_prefix)
         return MemoryLimits()
 
-    def _sinks(self, ledger: LedgerWriter) -> list[Sink]:
+    def _sinks(self, ledger: LedgerWriter, access_log: AccessLog | None) -> list[Sink]:
         sinks: list[Sink] = [MetricsRecorder(self.metrics), ledger]
-        if self.config.server.access_log:
-            sinks.append(AccessLog())
+        if access_log is not None:
+            sinks.append(access_log)
         return sinks + self._extra_sinks
 
     async def _budget_rules(self, store: Store, admission: Admission) -> list[BudgetRule]:

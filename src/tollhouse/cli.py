@@ -7,6 +7,7 @@ and hands the app to uvicorn (httptools + uvloop, chosen by measurement).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -60,21 +61,27 @@ def _serve(args: argparse.Namespace) -> int:
         "serving on http://%s:%s config=%s workers=%d",
         host, port, args.config or "<embedded defaults>", args.workers,
     )  # fmt: skip
-    target = _prepare_workers(args, config) if args.workers > 1 else create_app(config)
-    uvicorn.run(
-        target,
-        factory=args.workers > 1,
-        workers=args.workers,
-        host=host,
-        port=port,
-        loop=loop,
-        http=GatewayHttpProtocol,
-        lifespan="on",
-        access_log=False,
-        log_level=server.log_level,
-        timeout_graceful_shutdown=30,
-    )
-    return 0
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "loop": loop,
+        "http": GatewayHttpProtocol,
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": server.log_level,
+        "timeout_graceful_shutdown": 30,
+    }
+    if args.workers > 1:  # each worker configures its logging in app_from_env
+        uvicorn.run(_prepare_workers(args, config), factory=True, workers=args.workers, **options)
+        return 0
+    uv_config = uvicorn.Config(create_app(config), **options)
+    # uvicorn's Config applies its logging dictConfig, which closes every existing
+    # handler (the access log's writer thread with it), so ours go in after it.
+    _configure_logging(server.log_level, server.access_log)
+    uv_server = uvicorn.Server(uv_config)
+    with contextlib.suppress(KeyboardInterrupt):
+        uv_server.run()
+    return 0 if uv_server.started else 3  # uvicorn's own exit status for a failed start
 
 
 def _prepare_workers(args: argparse.Namespace, config: Config) -> str:
