@@ -393,6 +393,32 @@ def _stack(
         children.stop(mock)
 
 
+def _relay_line(
+    children: Children,
+    pinning: Pinning,
+    mock_port: int,
+    delay_ms: int,
+    direct: LoadResult,
+    args: argparse.Namespace,
+) -> str:
+    """What a do-nothing TCP relay (``bench.relay``) adds at concurrency 1: the floor any
+    proxy hop costs on this machine, to read the gateway's ``+p50`` against."""
+    port = _free_port()
+    argv = [*pinning.gateway, sys.executable, "-m", "bench.relay"]
+    relay = children.start([*argv, "--port", str(port), "--upstream-port", str(mock_port)])
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/v1/models", relay, "relay")
+        url = f"http://127.0.0.1:{port}{CHAT_PATH}"
+        result = _load(children, pinning, url, Scenario(delay_ms, 1, False), args)
+    finally:
+        children.stop(relay)
+    added = _added(_pick(result.latency_ms, "p50"), _pick(direct.latency_ms, "p50"))
+    return (
+        f"    reference: a do-nothing TCP relay (bench/relay.py) adds {added} ms p50 "
+        f"at concurrency 1 (json, {delay_ms} ms upstream)"
+    )
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     """SIGTERM/SIGHUP unwind like Ctrl-C, so the ``finally`` blocks end every child."""
     raise SystemExit(128 + signum)
@@ -430,6 +456,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--mode", choices=("json", "stream", "both"), default="both", help="response kind"
+    )
+    parser.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="skip the reference leg through a do-nothing TCP relay (bench/relay.py)",
     )
     # Hidden: measure an already-running gateway (or, to test this harness, a second mock).
     parser.add_argument("--gateway-url", help=argparse.SUPPRESS)
@@ -480,9 +511,12 @@ def run(args: argparse.Namespace) -> int:
                 port = args.mock_port or _free_port()
                 stack = _stack(children, pinning, delay, port, args.gateway_url, Path(tmp))
                 with stack as (gw, pid):
+                    reference: LoadResult | None = None
                     for scenario in group:
                         url = f"http://127.0.0.1:{port}" + CHAT_PATH
                         direct = _load(children, pinning, url, scenario, args)
+                        if scenario.concurrency == 1 and not scenario.stream:
+                            reference = direct
                         cpu0 = _cpu_seconds(pid)
                         gateway = _load(children, pinning, gw + CHAT_PATH, scenario, args)
                         cpu1 = _cpu_seconds(pid)
@@ -492,6 +526,8 @@ def run(args: argparse.Namespace) -> int:
                             if result.error_samples:
                                 samples = "; ".join(result.error_samples)
                                 print(f"    {leg} errors, e.g.: {samples}", flush=True)
+                    if reference is not None and not args.no_relay:
+                        print(_relay_line(children, pinning, port, delay, reference, args))
     except BenchError as exc:
         print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
         return 1
