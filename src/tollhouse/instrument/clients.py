@@ -131,6 +131,7 @@ def patch(resource: Any, name: str, wrap: Callable[[Any], Callable[..., Any]]) -
 
 
 def _raw(kwargs: Mapping[str, Any]) -> bool:
+    """A ``with_raw_response``/``with_streaming_response`` call (its marker header is set)."""
     headers = kwargs.get("extra_headers")
     if not headers:
         return False
@@ -179,15 +180,14 @@ def sync_wrapper(
     inst: Instrumentation, where: Site, api: Api, stream_type: type
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a synchronous ``create``."""
+    operation = api.operation
 
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def create(*args: Any, **kwargs: Any) -> Any:
-            if _raw(kwargs):
+            if "extra_headers" in kwargs and _raw(kwargs):
                 return method(*args, **kwargs)
-            call = Call(
-                inst, where, api.operation, model_name(kwargs), kwargs.get("stream") is True
-            )
+            call = Call(inst, where, operation, model_name(kwargs), kwargs.get("stream") is True)
             try:
                 result = method(*args, **kwargs)
             except BaseException as err:
@@ -207,15 +207,14 @@ def async_wrapper(
     inst: Instrumentation, where: Site, api: Api, stream_type: type
 ) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
     """Wrap an asynchronous ``create``."""
+    operation = api.operation
 
     def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(method)
         async def create(*args: Any, **kwargs: Any) -> Any:
-            if _raw(kwargs):
+            if "extra_headers" in kwargs and _raw(kwargs):
                 return await method(*args, **kwargs)
-            call = Call(
-                inst, where, api.operation, model_name(kwargs), kwargs.get("stream") is True
-            )
+            call = Call(inst, where, operation, model_name(kwargs), kwargs.get("stream") is True)
             try:
                 result = await method(*args, **kwargs)
             except BaseException as err:

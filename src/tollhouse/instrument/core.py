@@ -41,6 +41,7 @@ from tollhouse.accounting.pricing import (
 from tollhouse.config.schema import DEFAULT_PRICE_PROVIDER, Prices
 from tollhouse.metrics.recorder import MetricsRecorder
 from tollhouse.metrics.registry import Metrics
+from tollhouse.metrics.series import Add, adder
 
 if TYPE_CHECKING:
     from tollhouse.instrument.tracker import Tracker
@@ -127,7 +128,7 @@ class Instrumentation:
         self, registry: CollectorRegistry | None = None, *, sinks: Sequence[Sink] = ()
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
-        self._pending: deque[tuple[UsageEvent, Any]] = deque()
+        self._pending: deque[tuple[UsageEvent, Add]] = deque()
         self.registry.register(_Drain(self))  # registered before the catalog: drains first
         self.metrics = Metrics(self.registry)
         self.recorder = MetricsRecorder(self.metrics)
@@ -135,7 +136,7 @@ class Instrumentation:
         self._sink_list: list[Sink] = [self.recorder, *sinks]
         self._sinks = Sinks(self._sink_list, self._sink_failed)
         self._sites: dict[Site, Site] = {}
-        self._gauges: dict[str, Any] = {}
+        self._gauges: dict[str, Add] = {}
 
     def add_sink(self, sink: Sink) -> None:
         """Send every future event to ``sink`` too (e.g. ``OTelExporter`` or a log line)."""
@@ -153,12 +154,12 @@ class Instrumentation:
             self.flush()
         self._sinks.emit(event)
 
-    def finish(self, event: UsageEvent, gauge: Any) -> None:
+    def finish(self, event: UsageEvent, gauge: Add) -> None:
         """Record a call's event and take it out of the in-flight gauge."""
-        gauge.dec()
+        gauge(-1.0)
         self.record(event)
 
-    def defer(self, event: UsageEvent, gauge: Any) -> None:
+    def defer(self, event: UsageEvent, gauge: Add) -> None:
         """Queue a call finished from ``__del__``; safe where taking a lock is not."""
         self._pending.append((event, gauge))
 
@@ -171,18 +172,19 @@ class Instrumentation:
                 return
             self.finish(event, gauge)
 
-    def in_flight(self, model: str) -> Any:
-        """The bound ``llm_requests_in_flight`` child for ``model`` (bound once)."""
+    def in_flight(self, model: str) -> Add:
+        """What adds to ``model``'s ``llm_requests_in_flight`` series (bound once)."""
         gauge = self._gauges.get(model)
         if gauge is None:
-            gauge = self._gauges[model] = self.metrics.in_flight.labels(model)
+            gauge = self._gauges[model] = adder(self.metrics.in_flight.labels(model))
         return gauge
 
     def price(self, where: Site, model: str) -> Price | None:
         """The price of ``model`` at ``where``: per-model override, client override, genai-prices."""
-        resolved = where.resolved
-        if model in resolved:
-            return resolved[model]
+        try:
+            return where.resolved[model]
+        except KeyError:  # first call for this model: costs nothing after (zero-cost try)
+            pass
         override = dict(where.model_prices).get(model, where.prices)
         found: Price | None
         if override is not None:
@@ -191,7 +193,7 @@ class Instrumentation:
             found = price_from_genai_prices(where.price_provider, model)
         else:
             found = None
-        resolved[model] = found
+        where.resolved[model] = found
         return found
 
     def intern(self, where: Site) -> Site:
