@@ -48,18 +48,24 @@ class Probe:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.inst = Instrumentation(self.registry)
-        self.events: list[UsageEvent] = []
-        self.inst.add_sink(self.events.append)
+        self._events: list[UsageEvent] = []
+        self.inst.add_sink(self._events.append)
+
+    @property
+    def events(self) -> list[UsageEvent]:
+        """The events recorded so far, once the queued calls are recorded (as a scrape does)."""
+        self.inst.flush()
+        return self._events
 
     def value(self, name: str, **labels: str) -> float:
-        """A sample's value; 0.0 when the series does not exist."""
+        """A sample's value (the scrape records queued calls first); 0.0 when absent."""
         found = self.registry.get_sample_value(name, labels)
         return 0.0 if found is None else found
 
     def only_event(self) -> UsageEvent:
-        self.inst.flush()
-        assert len(self.events) == 1, self.events
-        return self.events[0]
+        events = self.events
+        assert len(events) == 1, events
+        return events[0]
 
 
 def traffic(model: str, provider: str = "openai", backend: str = HOST) -> dict[str, str]:

@@ -108,5 +108,6 @@ def test_unreadable_stream_item_never_breaks_the_stream(caplog: pytest.LogCaptur
         watch.observe(item)
     watch.exhausted()
     assert [r.message for r in caplog.records].count("stream_item_unreadable model=m") == 1
+    inst.flush()
     (event,) = events
     assert (event.outcome.value, event.usage.input, event.usage.output) == ("success", 4, 1)

@@ -380,11 +380,12 @@ def test_price_from_genai_prices_resolved_once(
     with tollhouse.instrument(client, instrumentation=probe.inst) as client:
         for _ in range(3):
             client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=4)
+    events = probe.events  # prices are looked up when the calls are recorded
     assert lookups == ["gpt-4o-mini"]
     price = price_from_genai_prices("openai", "gpt-4o-mini")
     assert price is not None
     one = cost(up.ledger()[0].usage, price)
-    assert all(event.cost == one for event in probe.events)
+    assert len(events) == 3 and all(event.cost == one for event in events)
     got = probe.value("llm_cost_usd_total", **who("gpt-4o-mini"))
     assert got == pytest.approx(3 * float(one), abs=1e-12)
 

@@ -27,11 +27,23 @@ ADVISED_SECONDS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 1
                    40.96, 81.92]  # fmt: skip
 
 
+class _Reader(InMemoryMetricReader):
+    """Records the probe's queued calls before reading, as a scrape of the registry does."""
+
+    def __init__(self, probe: Probe) -> None:
+        super().__init__()
+        self._probe = probe
+
+    def get_metrics_data(self) -> Any:
+        self._probe.inst.flush()
+        return super().get_metrics_data()
+
+
 @pytest.fixture
 def otel() -> Iterator[tuple[Probe, InMemoryMetricReader]]:
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
     probe = Probe()
+    reader = _Reader(probe)
+    provider = MeterProvider(metric_readers=[reader])
     probe.inst.add_sink(OTelExporter(provider.get_meter("test")))
     yield probe, reader
     provider.shutdown()
@@ -143,9 +155,9 @@ def test_real_sdk_stream_through_the_exporter(
 
 def test_legacy_system_attribute() -> None:
     """``legacy_system=True`` adds the deprecated ``gen_ai.system`` beside the provider name."""
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
     probe = Probe()
+    reader = _Reader(probe)
+    provider = MeterProvider(metric_readers=[reader])
     probe.inst.add_sink(OTelExporter(provider.get_meter("t"), legacy_system=True))
     with tollhouse.track(provider="anthropic", model="c", instrumentation=probe.inst):
         pass

@@ -8,7 +8,9 @@ upstream attempt (``llm_upstream_requests_total``/``_duration_seconds``): the
 SDK's own retries happen inside it, out of sight.
 
 A call ends exactly once: whichever of success, failure, close or finalizer
-comes first writes the event, and the rest are no-ops.
+comes first queues it, and the rest are no-ops. Its event is built, priced and
+recorded in a batch a little later (``tollhouse.instrument.drain`` says why);
+a scrape or ``Instrumentation.flush()`` records what is queued first.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from tollhouse.accounting.pricing import cost
 from tollhouse.accounting.usage import ZERO_USAGE, Usage
 from tollhouse.errors import ErrorType
 from tollhouse.instrument.core import Instrumentation, Site
+from tollhouse.metrics.series import Add
 
 perf = time.perf_counter
 _ids = itertools.count(1)
+# How a call ended, as ``Call.end`` saw it: outcome, status, error type, usage, token
+# source, response model, request id, duration. A plain tuple: it is built per call.
+Ending = tuple[Outcome, int, ErrorType | None, Usage, TokenSource, str | None, str | None, float]
 
 
 class Call:
-    """Bookkeeping for one call; ``end`` turns it into the event and records it."""
+    """Bookkeeping for one call; ``end`` queues it, ``event`` turns it into its event."""
 
     __slots__ = (
         "_gauge",
@@ -76,14 +82,27 @@ class Call:
         request_id: str | None = None,
         deferred: bool = False,
     ) -> None:
-        """Finish the call; ``deferred`` (from a finalizer) queues it instead of recording."""
+        """Finish the call: stop its clock and queue it; the event is built and recorded
+        in the next batch (``tollhouse.instrument.drain``). ``deferred`` (from a
+        finalizer) only queues: no lock may be taken there."""
         if self.done:
             return
         self.done = True
         duration = perf() - self.t0
+        self._inst.queue(
+            self,
+            (outcome, status, error_type, usage, source, response_model, request_id, duration),
+            deferred,
+        )
+
+    def event(self, ending: Ending) -> UsageEvent:
+        """The call's ``UsageEvent``, priced (run by the batch, not the caller)."""
+        outcome, status, error_type, usage, source, response_model, request_id, duration = ending
         inst, where, model = self._inst, self._site, self.model
         price = inst.price(where, model)
         amount = cost(usage, price) if price is not None else None
+        if price is None and (usage.input or usage.output):
+            inst.prices.warn_unpriced(where.backend, model)
         upstream_model = response_model or model
         attempt = Attempt(
             model, where.backend, where.provider, upstream_model, error_type, duration, False
@@ -91,7 +110,7 @@ class Call:
         # Positional, in field order: calling a class with keywords makes CPython 3.11
         # build a dict of them first, which cost more than the rest of the event
         # (~1 µs for these 24). tests/test_instrument_internals.py checks every field.
-        event = UsageEvent(
+        return UsageEvent(
             request_id or f"tollhouse-{next(_ids)}",  # request_id
             self.started_at,  # started_at
             self.operation,  # operation
@@ -119,12 +138,10 @@ class Call:
             None,  # ratelimit_remaining_tokens
             (attempt,),  # attempts
         )
-        if deferred:
-            inst.defer(event, self._gauge)
-            return
-        if price is None and (usage.input or usage.output):
-            inst.prices.warn_unpriced(where.backend, model)
-        inst.finish(event, self._gauge)
+
+    def in_flight(self) -> Add:
+        """What takes this call out of ``llm_requests_in_flight`` when it is recorded."""
+        return self._gauge
 
 
 def model_name(request: Mapping[str, Any]) -> str:

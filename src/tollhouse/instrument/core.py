@@ -11,12 +11,13 @@ The hot path is kept to dictionary lookups: a price is resolved once per
 (client, model) — a genai-prices lookup costs ~180 µs — and kept on the
 client's ``Site``; the recorder keeps its bound label children.
 
-Streams abandoned without ``close()`` are finished from ``__del__``, which may
-run inside the garbage collector while this very thread holds one of
-prometheus_client's (non-reentrant) locks. So ``__del__`` only appends the
-finished event to a queue; the queue is drained before the next call records,
-at the start of every scrape (a collector registered ahead of the catalog), and
-by ``flush()``.
+Finished calls are queued and recorded in batches by a background thread
+(``tollhouse.instrument.drain`` says why); every scrape drains the queue
+first (a collector registered ahead of the catalog), so what Prometheus reads
+is always exact, and ``flush()`` drains on demand. Streams abandoned without
+``close()`` are finished from ``__del__``, which may run inside the garbage
+collector while this very thread holds a lock, so they only append to the
+queue and wait for the next batch.
 """
 
 from __future__ import annotations
@@ -39,14 +40,17 @@ from tollhouse.accounting.pricing import (
     price_from_genai_prices,
 )
 from tollhouse.config.schema import DEFAULT_PRICE_PROVIDER, Prices
+from tollhouse.instrument.drain import drainer
 from tollhouse.metrics.recorder import MetricsRecorder
 from tollhouse.metrics.registry import Metrics
 from tollhouse.metrics.series import Add, adder
 
 if TYPE_CHECKING:
+    from tollhouse.instrument.call import Call, Ending
     from tollhouse.instrument.tracker import Tracker
 
 log = logging.getLogger("tollhouse.instrument")
+MAX_PENDING = 10_000  # queued calls before a caller records the batch itself
 C = TypeVar("C")
 PriceSpec = Prices | Mapping[str, Any]
 
@@ -128,7 +132,8 @@ class Instrumentation:
         self, registry: CollectorRegistry | None = None, *, sinks: Sequence[Sink] = ()
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
-        self._pending: deque[tuple[UsageEvent, Add]] = deque()
+        self._pending: deque[tuple[Call, Ending]] = deque()  # append/popleft: thread-safe
+        self._scheduled = False  # the drainer will flush this instance soon
         self.registry.register(_Drain(self))  # registered before the catalog: drains first
         self.metrics = Metrics(self.registry)
         self.recorder = MetricsRecorder(self.metrics)
@@ -150,27 +155,38 @@ class Instrumentation:
 
     def record(self, event: UsageEvent) -> None:
         """Send a finished event to every sink (the metrics first)."""
-        if self._pending:
-            self.flush()
         self._sinks.emit(event)
 
-    def finish(self, event: UsageEvent, gauge: Add) -> None:
-        """Record a call's event and take it out of the in-flight gauge."""
-        gauge(-1.0)
-        self.record(event)
+    def queue(self, call: Call, ending: Ending, deferred: bool = False) -> None:
+        """Queue a finished call for the next batch (see ``tollhouse.instrument.drain``).
 
-    def defer(self, event: UsageEvent, gauge: Add) -> None:
-        """Queue a call finished from ``__del__``; safe where taking a lock is not."""
-        self._pending.append((event, gauge))
+        ``deferred`` (a finalizer, possibly inside the garbage collector) only
+        appends: waking the drainer takes locks. The call is then recorded by
+        the next call's batch, the next scrape or ``flush()``.
+        """
+        pending = self._pending
+        pending.append((call, ending))
+        if deferred:
+            return
+        if not self._scheduled:
+            self._scheduled = True
+            drainer.schedule(self)
+        elif len(pending) >= MAX_PENDING:
+            self.flush()  # the drainer is falling behind: the caller records its share
 
     def flush(self) -> None:
-        """Record every call that was finished from a finalizer (abandoned streams)."""
-        while True:
-            try:
-                event, gauge = self._pending.popleft()
-            except IndexError:
-                return
-            self.finish(event, gauge)
+        """Record every queued call now (a scrape does this first; so can the caller)."""
+        pending = self._pending
+        with drainer.lock:
+            self._scheduled = False  # a call queued from here on schedules a new batch
+            while True:
+                try:
+                    call, ending = pending.popleft()
+                except IndexError:
+                    return
+                event = call.event(ending)
+                call.in_flight()(-1.0)
+                self._sinks.emit(event)
 
     def in_flight(self, model: str) -> Add:
         """What adds to ``model``'s ``llm_requests_in_flight`` series (bound once)."""
