@@ -22,12 +22,14 @@ use, and again in a forked child (threads do not survive ``fork``).
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
 from typing import Protocol
 
 INTERVAL = 0.1  # seconds a finished call may wait for its batch
+log = logging.getLogger("tollhouse.instrument")
 
 
 class Flushable(Protocol):
@@ -79,8 +81,8 @@ class Drainer:
                 return
             try:
                 target.flush()
-            except Exception:  # a failing flush must not kill the thread; sinks log their own
-                continue
+            except Exception:  # sinks' own errors are caught in flush; this is a bug
+                log.exception("drain_failed")  # logged, and the thread lives on
 
     def _before_fork(self) -> None:
         self.lock.acquire()  # no batch is half recorded in the child's copy of memory
