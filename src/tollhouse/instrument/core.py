@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
-from tollhouse.accounting.event import NONE, Sink, Sinks, UsageEvent
+from tollhouse.accounting.event import NONE, Sink, Sinks
 from tollhouse.accounting.pricing import (
     Price,
     PriceBook,
@@ -152,10 +152,6 @@ class Instrumentation:
         name = getattr(sink, "name", type(sink).__name__)
         self.metrics.sink_errors.labels(name).inc()
         log.error("sink_failed sink=%s error=%s", name, type(err).__name__, exc_info=err)
-
-    def record(self, event: UsageEvent) -> None:
-        """Send a finished event to every sink (the metrics first)."""
-        self._sinks.emit(event)
 
     def queue(self, call: Call, ending: Ending, deferred: bool = False) -> None:
         """Queue a finished call for the next batch (see ``tollhouse.instrument.drain``).

@@ -75,14 +75,17 @@ class Drainer:
         """Flush every instrumentation that asked (the thread's work; also at exit)."""
         dirty = self._dirty
         while dirty:
-            try:
-                target = dirty.pop()
-            except KeyError:
-                return
-            try:
-                target.flush()
-            except Exception:  # sinks' own errors are caught in flush; this is a bug
-                log.exception("drain_failed")  # logged, and the thread lives on
+            # Taken before the pop, so a fork never lands between taking a target
+            # off the set and flushing it (the child would never flush it).
+            with self.lock:
+                try:
+                    target = dirty.pop()
+                except KeyError:
+                    return
+                try:
+                    target.flush()
+                except Exception:  # sinks' own errors are caught in flush; this is a bug
+                    log.exception("drain_failed")  # logged, and the thread lives on
 
     def _before_fork(self) -> None:
         self.lock.acquire()  # no batch is half recorded in the child's copy of memory
