@@ -88,7 +88,11 @@ def wait_for(check: Any, timeout: float, explain: Any = lambda: "") -> None:
 
 
 def targets_up(url: str) -> bool:
-    active = httpx.get(url + "/api/v1/targets").json()["data"]["activeTargets"]
+    """True once every target is scraped; a Prometheus still starting answers 503, not JSON."""
+    response = httpx.get(url + "/api/v1/targets")
+    if response.status_code != 200:
+        return False
+    active = response.json()["data"]["activeTargets"]
     return bool(active) and all(t["health"] == "up" for t in active)
 
 
