@@ -3,10 +3,11 @@
 Two measurements, both in-process:
 
 * **recording path** — the instrumentation's own work without any SDK, in the
-  two parts it runs in: the caller's share (start a ``Call``: in-flight gauge,
-  clocks; end it: stop the clock and queue it) and the batch's share, which
-  the drainer thread pays later (price lookup, exact Decimal cost, the
-  ``UsageEvent``, the ``MetricsRecorder`` and the gauge; see
+  two parts it runs in: the caller's share (start a ``Call``: a queue append,
+  clocks; on return check the answer reports usage, stop the clock, queue
+  it) and the batch's share, which the drainer thread pays later (reading the
+  usage, price lookup, exact Decimal cost, the ``UsageEvent``, the
+  ``MetricsRecorder`` and the in-flight gauge; see
   ``tollhouse.instrument.drain``); plus the per-chunk cost of watching a stream.
 * **SDK calls** — the real ``openai`` and ``anthropic`` clients, instrumented
   and not, against an in-process ``MockTransport`` of the HTTP library the SDK
@@ -43,7 +44,9 @@ import tollhouse
 from tollhouse.accounting.event import Outcome
 from tollhouse.accounting.usage import Usage
 from tollhouse.instrument.call import Call
+from tollhouse.instrument.clients import answered
 from tollhouse.instrument.core import Instrumentation, site
+from tollhouse.instrument.openai_sdk import CHAT
 from tollhouse.instrument.readers import read_chat_chunk
 from tollhouse.instrument.streams import Watch
 
@@ -126,15 +129,31 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
 
 def recording_path(calls: int, rounds: int) -> dict[str, float]:
     """µs per call of the instrumentation alone (no SDK, no HTTP), split the way it runs:
-    the caller's share (start the call, queue it at the end) and the batch's (price,
-    Decimal cost, event, recorder, gauge), which the drainer thread does later."""
+    the caller's share (start the call, check the answer reports usage, queue it) and
+    the batch's (usage read, price, Decimal cost, event, recorder, in-flight gauge),
+    which the drainer thread does later."""
     inst = Instrumentation(CollectorRegistry())
     where = site("openai", "api.openai.com", prices=PRICES)
     usage = Usage(input=9, output=WORDS, cached_input=4)
+    answer = openai.types.chat.ChatCompletion.model_validate(
+        {
+            "id": "r",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant"}}],
+            "usage": {
+                "prompt_tokens": 9,
+                "completion_tokens": WORDS,
+                "total_tokens": 9 + WORDS,
+                "prompt_tokens_details": {"cached_tokens": 4},
+            },
+        }
+    )
 
     def call_once() -> None:
         call = Call(inst, where, "chat", "gpt-4o-mini", False)
-        call.end(Outcome.SUCCESS, usage=usage, response_model="gpt-4o-mini", request_id="r")
+        answered(call, answer, CHAT, {})  # what the wrapper does on return
 
     call_once()  # bind label children and resolve the price once, as the first real call does
     inst.flush()
@@ -318,8 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     rec = recording_path(5_000, args.rounds)
     print("\nrecording path (no SDK), best-round µs per call:")
-    print(f"  the caller's share: Call start + end (queued):                 {rec['call']:7.2f}")
-    print(f"  the batch's share: price, Decimal cost, event, recorder, gauge: {rec['batch']:7.2f}")
+    print(f"  the caller's share: Call start, answer checked and queued:      {rec['call']:7.2f}")
+    print(f"  the batch's share: usage, price, cost, event, recorder, gauge: {rec['batch']:7.2f}")
     print(
         f"    of which MetricsRecorder(event) alone:                       {rec['recorder']:7.2f}"
     )

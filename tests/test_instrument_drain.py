@@ -129,3 +129,78 @@ def test_a_forked_child_records_its_calls() -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_in_flight_counts_only_calls_still_running_at_the_scrape() -> None:
+    """The gauge is counted by the batch, not the call: a call open across a scrape
+    is in it, one that started and ended between two scrapes never is, and the
+    series exists (at 0) from the first call."""
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry)
+
+    def in_flight() -> float | None:
+        return registry.get_sample_value("llm_requests_in_flight", {"model": "m"})
+
+    with inst.track(provider="acme", model="m"):
+        pass
+    assert in_flight() == 0
+    with inst.track(provider="acme", model="m"):
+        assert in_flight() == 1  # started, not yet ended: the scrape counts it
+        with inst.track(provider="acme", model="m"):
+            assert in_flight() == 2
+        assert in_flight() == 1
+    assert in_flight() == 0
+    outer = inst.track(provider="acme", model="m")
+    outer.__enter__()
+    with inst.track(provider="acme", model="m"):
+        pass  # starts and ends with no scrape between: never counted, never taken off
+    assert in_flight() == 1
+    outer.__exit__(None, None, None)
+    assert in_flight() == 0
+
+
+def test_an_answer_without_usage_is_estimated_from_the_request_as_sent() -> None:
+    """Usage is read by the batch, but an answer with none is estimated at once:
+    the application may append to its ``messages`` as soon as the call returns."""
+    import httpx2 as httpx  # the HTTP library openai 3.x is built on
+    import openai
+    import orjson
+
+    from tollhouse.accounting.tokens import estimate_prompt_tokens
+
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "hi"},
+            }
+        ],
+    }
+
+    def handle(request: Any) -> Any:
+        return httpx.Response(200, content=orjson.dumps(answer))
+
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry)
+    events: list[UsageEvent] = []
+    inst.add_sink(events.append)
+    client = openai.OpenAI(
+        base_url="http://local.test/v1",
+        api_key="k",
+        http_client=httpx.Client(transport=httpx.MockTransport(handle)),
+    )
+    inst.instrument(client)
+    messages: list[Any] = [{"role": "user", "content": "hello there"}]
+    expected = estimate_prompt_tokens(messages)
+    client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    messages.append({"role": "assistant", "content": "a much longer reply " * 50})
+    inst.flush()
+    (event,) = events
+    assert event.token_source.value == "estimated"
+    assert event.usage.input == expected
+    assert (event.request_id, event.upstream_model) == ("chatcmpl-1", "gpt-4o-mini")

@@ -26,7 +26,11 @@ from tollhouse.instrument.streams import AsyncInstrumentedStream, InstrumentedSt
 log = logging.getLogger("tollhouse.instrument")
 
 MESSAGES = Api(
-    "chat", readers.anthropic_usage, readers.read_anthropic_event, readers.estimate_anthropic
+    "chat",
+    readers.anthropic_usage,
+    readers.anthropic_reported,
+    readers.read_anthropic_event,
+    readers.estimate_anthropic,
 )
 
 

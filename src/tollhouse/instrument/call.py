@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tollhouse.accounting.event import NONE, Attempt, Outcome, TokenSource, UsageEvent
@@ -25,22 +25,35 @@ from tollhouse.accounting.pricing import cost
 from tollhouse.accounting.usage import ZERO_USAGE, Usage
 from tollhouse.errors import ErrorType
 from tollhouse.instrument.core import Instrumentation, Site
-from tollhouse.metrics.series import Add
 
 perf = time.perf_counter
 _ids = itertools.count(1)
+UsageOf = Callable[[Any], Usage | None]  # an answer's ``usage`` attribute → Usage
 # How a call ended, as ``Call.end`` saw it: outcome, status, error type, usage, token
-# source, response model, request id, duration. A plain tuple: it is built per call.
-Ending = tuple[Outcome, int, ErrorType | None, Usage, TokenSource, str | None, str | None, float]
+# source, response model, request id, duration, and the whole answer with its usage
+# reader when the batch is to read usage, model and id from it (``Call.answered``).
+# A plain tuple: it is built per call.
+Ending = tuple[
+    Outcome,
+    int,
+    ErrorType | None,
+    Usage,
+    TokenSource,
+    str | None,
+    str | None,
+    float,
+    Any,
+    UsageOf | None,
+]
 
 
 class Call:
     """Bookkeeping for one call; ``end`` queues it, ``event`` turns it into its event."""
 
     __slots__ = (
-        "_gauge",
         "_inst",
         "_site",
+        "counted",
         "done",
         "model",
         "operation",
@@ -60,8 +73,8 @@ class Call:
         self.stream = stream
         self.ttft: float | None = None
         self.done = False
-        self._gauge = inst.in_flight(model)
-        self._gauge(1.0)
+        self.counted = False  # the batch counted it in ``llm_requests_in_flight``
+        inst.started(self)  # the batch (or a scrape) adds it to the in-flight gauge
         self.started_at = time.time()
         self.t0 = perf()
 
@@ -91,13 +104,57 @@ class Call:
         duration = perf() - self.t0
         self._inst.queue(
             self,
-            (outcome, status, error_type, usage, source, response_model, request_id, duration),
+            (
+                outcome,
+                status,
+                error_type,
+                usage,
+                source,
+                response_model,
+                request_id,
+                duration,
+                None,
+                None,
+            ),
             deferred,
+        )
+
+    def answered(self, answer: Any, usage_of: UsageOf) -> None:
+        """Finish a successful call whose ``answer`` reports its usage: the batch reads
+        the usage, model and id from it, so the caller only stops the clock.
+
+        The caller has checked that ``usage_of(answer.usage)`` will find the usage;
+        when it will not, the prompt estimate must be taken now, from the request
+        as the caller passed it (an application often appends to its ``messages``
+        right after a call), through ``end``.
+        """
+        if self.done:
+            return
+        self.done = True
+        duration = perf() - self.t0
+        self._inst.queue(
+            self,
+            (
+                Outcome.SUCCESS,
+                200,
+                None,
+                ZERO_USAGE,
+                TokenSource.REPORTED,
+                None,
+                None,
+                duration,
+                answer,
+                usage_of,
+            ),
         )
 
     def event(self, ending: Ending) -> UsageEvent:
         """The call's ``UsageEvent``, priced (run by the batch, not the caller)."""
-        outcome, status, error_type, usage, source, response_model, request_id, duration = ending
+        (outcome, status, error_type, usage, source, response_model, request_id, duration) = ending[
+            :8
+        ]
+        if ending[8] is not None:
+            usage, response_model, request_id = _read_answer(ending[8], ending[9])
         inst, where, model = self._inst, self._site, self.model
         price = inst.price(where, model)
         amount = cost(usage, price) if price is not None else None
@@ -139,9 +196,17 @@ class Call:
             (attempt,),  # attempts
         )
 
-    def in_flight(self) -> Add:
-        """What takes this call out of ``llm_requests_in_flight`` when it is recorded."""
-        return self._gauge
+
+def _read_answer(answer: Any, usage_of: UsageOf | None) -> tuple[Usage, str | None, str | None]:
+    """Usage, response model and id of a whole answer (pydantic: declared fields)."""
+    usage = usage_of(getattr(answer, "usage", None)) if usage_of is not None else None
+    model = getattr(answer, "model", None)
+    rid = getattr(answer, "id", None)
+    return (
+        ZERO_USAGE if usage is None else usage,
+        model if isinstance(model, str) else None,
+        rid if isinstance(rid, str) else None,
+    )
 
 
 def model_name(request: Mapping[str, Any]) -> str:

@@ -8,8 +8,9 @@ is a no-op, and ``client.with_options(...)``/``copy()`` return clients
 instrumented the same way.
 
 A wrapper's work around the SDK call is: bind the labels (done at instrument
-time), start a ``Call`` (a gauge increment and two clock reads), and on return
-read the usage attributes and record one event. Streams are handed back
+time), start a ``Call`` (two clock reads and a queue append), and on return
+check that the answer reports usage and queue it; the batch reads the usage,
+prices and records it. Streams are handed back
 wrapped (``tollhouse.instrument.streams``).
 
 Calls made through ``with_raw_response``/``with_streaming_response`` are passed
@@ -44,6 +45,7 @@ class Api:
 
     operation: str
     usage_of: Callable[[Any], Usage | None]  # the answer's ``usage`` attribute → Usage
+    reported: Callable[[Any], bool]  # cheaply: will ``usage_of`` find usage in it?
     reader: Reader  # one stream item
     estimate: Estimate  # request kwargs → prompt tokens, when no usage is reported
 
@@ -139,11 +141,16 @@ def _raw(kwargs: Mapping[str, Any]) -> bool:
 
 
 def answered(call: Call, result: Any, api: Api, request: Mapping[str, Any]) -> None:
-    """A whole answer arrived: record its usage (or the prompt estimate when it has none)."""
-    usage = api.usage_of(getattr(result, "usage", None))
-    source = TokenSource.REPORTED
-    if usage is None:
-        usage, source = Usage(input=api.estimate(request)), TokenSource.ESTIMATED
+    """A whole answer arrived: queue it, and the batch reads its usage, model and id.
+
+    Only an answer that reports no usage is read here: its prompt estimate comes
+    from the request, which the application may change once the call returns.
+    """
+    raw = getattr(result, "usage", None)
+    if raw is not None and api.reported(raw):
+        call.answered(result, api.usage_of)
+        return
+    usage, source = Usage(input=api.estimate(request)), TokenSource.ESTIMATED
     model = getattr(result, "model", None)
     rid = getattr(result, "id", None)
     call.end(

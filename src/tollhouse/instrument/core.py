@@ -133,6 +133,8 @@ class Instrumentation:
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
         self._pending: deque[tuple[Call, Ending]] = deque()  # append/popleft: thread-safe
+        self._started: deque[Call] = deque()  # calls the in-flight gauge has not counted
+        self.started = self._started.append  # what a new Call runs: one append, no lock
         self._scheduled = False  # the drainer will flush this instance soon
         self.registry.register(_Drain(self))  # registered before the catalog: drains first
         self.metrics = Metrics(self.registry)
@@ -171,17 +173,30 @@ class Instrumentation:
             self.flush()  # the drainer is falling behind: the caller records its share
 
     def flush(self) -> None:
-        """Record every queued call now (a scrape does this first; so can the caller)."""
-        pending = self._pending
+        """Record every queued call now (a scrape does this first; so can the caller).
+
+        Calls started since the last flush are counted in flight first, unless they
+        have already ended; an ended call leaves the gauge only if it was counted.
+        So the gauge a scrape reads is exact whichever thread starts or ends calls
+        meanwhile: a call that starts and ends between two flushes is never in it.
+        """
+        pending, started = self._pending, self._started
         with drainer.lock:
             self._scheduled = False  # a call queued from here on schedules a new batch
+            while started:
+                call = started.popleft()
+                if not call.done:
+                    call.counted = True
+                    self.in_flight(call.model)(1.0)
             while True:
                 try:
                     call, ending = pending.popleft()
                 except IndexError:
                     return
                 event = call.event(ending)
-                call.in_flight()(-1.0)
+                gauge = self.in_flight(call.model)  # binds the series: 0 from the first call
+                if call.counted:
+                    gauge(-1.0)
                 self._sinks.emit(event)
 
     def in_flight(self, model: str) -> Add:

@@ -22,11 +22,27 @@ def _no_content(tally: readers.Tally, item: Any) -> bool:
     return False  # embeddings never stream
 
 
-CHAT = Api("chat", readers.openai_usage, readers.read_chat_chunk, readers.estimate_chat)
-EMBEDDINGS = Api("embeddings", readers.openai_usage, _no_content, readers.estimate_embeddings)
+CHAT = Api(
+    "chat",
+    readers.openai_usage,
+    readers.openai_reported,
+    readers.read_chat_chunk,
+    readers.estimate_chat,
+)
+EMBEDDINGS = Api(
+    "embeddings",
+    readers.openai_usage,
+    readers.openai_reported,
+    _no_content,
+    readers.estimate_embeddings,
+)
 # OTel names no separate operation for the Responses API: it is a chat operation.
 RESPONSES = Api(
-    "chat", readers.responses_usage, readers.read_responses_event, readers.estimate_responses
+    "chat",
+    readers.responses_usage,
+    readers.responses_reported,
+    readers.read_responses_event,
+    readers.estimate_responses,
 )
 
 

@@ -91,6 +91,11 @@ def extra_field(model: Any, name: str) -> Any:
 # -- OpenAI chat completions and embeddings -------------------------------------------
 
 
+def openai_reported(raw: Any) -> bool:
+    """Whether ``openai_usage(raw)`` finds usage (the caller's cheap check)."""
+    return isinstance(getattr(raw, "prompt_tokens", None), int)
+
+
 def openai_usage(raw: Any) -> Usage | None:
     """An OpenAI ``usage`` object (chat ``CompletionUsage`` or embeddings usage)."""
     if raw is None:
@@ -136,6 +141,11 @@ def estimate_embeddings(request: Mapping[str, Any]) -> int:
 
 
 # -- OpenAI Responses API ---------------------------------------------------------------
+
+
+def responses_reported(raw: Any) -> bool:
+    """Whether ``responses_usage(raw)`` finds usage (the caller's cheap check)."""
+    return isinstance(getattr(raw, "input_tokens", None), int)
 
 
 def responses_usage(raw: Any) -> Usage | None:
@@ -216,6 +226,14 @@ def anthropic_counts(raw: Any, into: dict[str, int] | None = None) -> dict[str, 
         if isinstance(value, int):
             counts[name] = value
     return counts
+
+
+def anthropic_reported(raw: Any) -> bool:
+    """Whether ``anthropic_usage(raw)`` finds usage (the caller's cheap check): it does
+    when any count is an integer, and ``input_tokens`` is the one always sent."""
+    if isinstance(getattr(raw, "input_tokens", None), int):
+        return True
+    return any(isinstance(getattr(raw, name, None), int) for name in _ANTHROPIC_FIELDS)
 
 
 def anthropic_usage(raw: Any) -> Usage | None:
