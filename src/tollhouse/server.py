@@ -8,6 +8,13 @@ below collects the writes made during one event-loop iteration and hands them
 to the socket together on the next, which is how the head and the body (or
 the head and the first SSE chunk) leave in one segment. Nothing is held longer
 than one loop iteration, so streaming stays chunk-by-chunk.
+
+The last part of a response does not wait for that next iteration: it is
+written as uvicorn completes the response, before the rest of the
+application's coroutine and uvicorn's own bookkeeping run. Measured with the
+gateway woken after a 50 ms upstream wait (when a VM runs everything several
+times slower), that epilogue took ~65 µs of the ~120 µs between the gateway's
+reply and its bytes leaving.
 """
 
 from __future__ import annotations
@@ -59,3 +66,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         wrapped = _CoalescingTransport(transport, self.loop)  # type: ignore[arg-type]
         super().connection_made(wrapped)  # type: ignore[arg-type]
+
+    def on_response_complete(self) -> None:
+        """uvicorn calls this as the last body part is written: send the bytes now, not
+        after the application's and uvicorn's epilogue has run (the sinks run later still,
+        from ``call_soon``)."""
+        transport = self.transport
+        if isinstance(transport, _CoalescingTransport):
+            transport._flush()
+        super().on_response_complete()
