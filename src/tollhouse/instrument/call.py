@@ -150,11 +150,20 @@ class Call:
 
     def event(self, ending: Ending) -> UsageEvent:
         """The call's ``UsageEvent``, priced (run by the batch, not the caller)."""
-        (outcome, status, error_type, usage, source, response_model, request_id, duration) = ending[
-            :8
-        ]
-        if ending[8] is not None:
-            usage, response_model, request_id = _read_answer(ending[8], ending[9])
+        (
+            outcome,
+            status,
+            error_type,
+            usage,
+            source,
+            response_model,
+            request_id,
+            duration,
+            answer,
+            usage_of,
+        ) = ending
+        if answer is not None:  # queued by ``answered``: read the answer now
+            usage, response_model, request_id = _read_answer(answer, usage_of)
         inst, where, model = self._inst, self._site, self.model
         price = inst.price(where, model)
         amount = cost(usage, price) if price is not None else None
