@@ -20,7 +20,6 @@ not handled.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import time
@@ -29,7 +28,8 @@ from typing import Any, cast
 
 import httptools
 import orjson
-import uvloop
+
+from bench.relay import run_proxy
 
 CHAT = b"/v1/chat/completions"
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
@@ -142,19 +142,8 @@ def _count(usage: dict[str, Any]) -> None:
     tokens_seen[1] += int(usage.get("total_tokens") or 0)
 
 
-async def serve(port: int, upstream_port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Client(upstream_port), "127.0.0.1", port)
-    async with server:
-        await server.serve_forever()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.floor_proxy")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream-port", type=int, required=True)
-    args = parser.parse_args()
-    uvloop.run(serve(args.port, args.upstream_port))
+    run_proxy("python -m bench.floor_proxy", __doc__, _Client)
 
 
 if __name__ == "__main__":

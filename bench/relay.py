@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
 import uvloop
@@ -68,19 +69,25 @@ class _Client(asyncio.Protocol):
             self._upstream.close()
 
 
-async def serve(port: int, upstream_port: int) -> None:
+async def serve(port: int, client: Callable[[], asyncio.Protocol]) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Client(upstream_port), "127.0.0.1", port)
+    server = await loop.create_server(client, "127.0.0.1", port)
     async with server:
         await server.serve_forever()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.relay", description=__doc__)
+def run_proxy(prog: str, doc: str | None, client: Callable[[int], asyncio.Protocol]) -> None:
+    """``--port P --upstream-port U``: serve ``client(U)`` per connection on P, on uvloop
+    (shared with ``bench/floor_proxy.py``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int, required=True)
     args = parser.parse_args()
-    uvloop.run(serve(args.port, args.upstream_port))
+    uvloop.run(serve(args.port, lambda: client(args.upstream_port)))
+
+
+def main() -> None:
+    run_proxy("python -m bench.relay", __doc__, _Client)
 
 
 if __name__ == "__main__":

@@ -30,21 +30,13 @@ perf = time.perf_counter
 _ids = itertools.count(1)
 UsageOf = Callable[[Any], Usage | None]  # an answer's ``usage`` attribute → Usage
 # How a call ended, as ``Call.end`` saw it: outcome, status, error type, usage, token
-# source, response model, request id, duration, and the whole answer with its usage
-# reader when the batch is to read usage, model and id from it (``Call.answered``).
-# A plain tuple: it is built per call.
-Ending = tuple[
-    Outcome,
-    int,
-    ErrorType | None,
-    Usage,
-    TokenSource,
-    str | None,
-    str | None,
-    float,
-    Any,
-    UsageOf | None,
-]
+# source, response model, request id.
+Head = tuple[Outcome, int, ErrorType | None, Usage, TokenSource, str | None, str | None]
+# What is queued: the head, the duration, and the whole answer with its usage reader
+# when the batch is to read usage, model and id from it (``Call.answered``). Plain
+# tuples: they are built per call.
+Ending = tuple[Head, float, Any, UsageOf | None]
+_ANSWERED: Head = (Outcome.SUCCESS, 200, None, ZERO_USAGE, TokenSource.REPORTED, None, None)
 
 
 class Call:
@@ -101,23 +93,8 @@ class Call:
         if self.done:
             return
         self.done = True
-        duration = perf() - self.t0
-        self._inst.queue(
-            self,
-            (
-                outcome,
-                status,
-                error_type,
-                usage,
-                source,
-                response_model,
-                request_id,
-                duration,
-                None,
-                None,
-            ),
-            deferred,
-        )
+        head = (outcome, status, error_type, usage, source, response_model, request_id)
+        self._inst.queue(self, (head, perf() - self.t0, None, None), deferred)
 
     def answered(self, answer: Any, usage_of: UsageOf) -> None:
         """Finish a successful call whose ``answer`` reports its usage: the batch reads
@@ -131,37 +108,12 @@ class Call:
         if self.done:
             return
         self.done = True
-        duration = perf() - self.t0
-        self._inst.queue(
-            self,
-            (
-                Outcome.SUCCESS,
-                200,
-                None,
-                ZERO_USAGE,
-                TokenSource.REPORTED,
-                None,
-                None,
-                duration,
-                answer,
-                usage_of,
-            ),
-        )
+        self._inst.queue(self, (_ANSWERED, perf() - self.t0, answer, usage_of))
 
     def event(self, ending: Ending) -> UsageEvent:
         """The call's ``UsageEvent``, priced (run by the batch, not the caller)."""
-        (
-            outcome,
-            status,
-            error_type,
-            usage,
-            source,
-            response_model,
-            request_id,
-            duration,
-            answer,
-            usage_of,
-        ) = ending
+        head, duration, answer, usage_of = ending
+        outcome, status, error_type, usage, source, response_model, request_id = head
         if answer is not None:  # queued by ``answered``: read the answer now
             usage, response_model, request_id = _read_answer(answer, usage_of)
         inst, where, model = self._inst, self._site, self.model
