@@ -51,7 +51,7 @@ SEGMENTS = (
 def install(out: Path) -> None:
     """Timestamp the gateway's hot path; write the medians to ``out`` on SIGTERM."""
     from tollhouse import app, server
-    from tollhouse.providers import h1
+    from tollhouse.providers import h1_conn
     from tollhouse.proxy import chat, gateway
 
     ns = time.perf_counter_ns
@@ -84,8 +84,8 @@ def install(out: Path) -> None:
         original_done(self, ctx)
         after["sinks"] = ns() - start
 
-    stamp(h1._Conn, "start", "t_up_out")
-    stamp(h1._Conn, "data_received", "t_up_in")
+    stamp(h1_conn.Conn, "start", "t_up_out")
+    stamp(h1_conn.Conn, "data_received", "t_up_in")
     original_http = app.App._http
 
     async def http(self: Any, scope: Any, receive: Any, send: Any) -> None:

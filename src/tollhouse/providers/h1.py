@@ -21,190 +21,25 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Mapping
-from typing import Final, cast
+from typing import Final
 from urllib.parse import urlsplit
-
-import httptools  # httptools ships its own type information (py.typed)
 
 from tollhouse.config.schema import Timeouts
 from tollhouse.errors import ErrorType, UpstreamError
 from tollhouse.providers.base import UpstreamRequest
+from tollhouse.providers.h1_conn import Conn, H1Response
 
-_HIGH_WATER: Final = 1 << 20  # a stream with more than this buffered unread pauses the socket
+__all__ = ["H1Response", "H1Transport"]
+
 _IDLE_TTL: Final = 60.0  # idle keep-alive connections older than this are closed, not reused
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _OWN: Final = {"host": 1, "content-length": 2, "connection": 4, "accept-encoding": 8}
 _KEEP_ALIVE: Final = b"connection: keep-alive\r\n"
 _IDENTITY: Final = b"accept-encoding: identity\r\n"
-_PARSER_ERRORS: Final = (httptools.HttpParserError, httptools.HttpParserUpgrade)
-_BROKE: Final = "upstream connection broke mid-response"
-_SILENT: Final = "upstream closed the connection before answering"
-_CLOSED: Final = "upstream response was closed"
 _SHUT: Final = "upstream transport is closed"
 
 
-class _Conn(asyncio.Protocol):
-    """One keep-alive connection; the parser's callbacks fill the current response."""
-
-    __slots__ = (
-        "closed", "got_bytes", "headers", "idle", "keep", "last", "owns_slot", "parser", "paused",
-        "pool", "resp", "reused", "skip", "timer", "transport", "used_at",
-    )  # fmt: skip
-    transport: asyncio.Transport
-
-    def __init__(self, pool: _Pool) -> None:
-        self.pool = pool
-        self.parser = httptools.HttpResponseParser(self)
-        self.resp: H1Response | None = None
-        self.headers: dict[str, str] = {}  # the current response's (a plain dict)
-        self.timer: asyncio.TimerHandle | None = None
-        self.idle = 0.0  # stream_idle once a stream's headers are in; 0 while ``read`` applies
-        self.last = self.used_at = 0.0
-        self.closed = self.got_bytes = self.keep = self.owns_slot = False
-        self.paused = self.reused = self.skip = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.owns_slot = True
-        self.pool.conns.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        self.got_bytes = True
-        if self.idle:
-            self.last = self.pool.loop.time()
-        try:
-            self.parser.feed_data(data)
-        except _PARSER_ERRORS as err:
-            self.fail(
-                UpstreamError(ErrorType.INVALID_RESPONSE, f"malformed upstream response: {err}")
-            )
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._dead()
-        resp = self.resp
-        if resp is None:
-            return
-        headers = resp.headers
-        if (
-            resp.status
-            and "content-length" not in headers
-            and "chunked" not in headers.get("transfer-encoding", "")
-        ):
-            self.on_message_complete()  # a body without a length ends at EOF
-        else:
-            self.fail(UpstreamError(ErrorType.NETWORK, _BROKE if self.got_bytes else _SILENT))
-
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        if self.resp is None:
-            raise ConnectionError("unsolicited bytes on an idle connection")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        prev = headers.get(key)
-        headers[key] = text if prev is None else f"{prev}, {text}"
-
-    def on_headers_complete(self) -> None:
-        resp = self.resp
-        if resp is None:
-            return
-        status = self.parser.get_status_code()
-        if status < 200:  # an interim 1xx answer: the real one follows
-            self.skip = True
-            self.headers.clear()
-            return
-        resp.status = status
-        self.keep = self.parser.should_keep_alive()
-        if resp._stream:  # from now on only the silence between reads is bounded
-            if self.timer is not None:
-                self.timer.cancel()
-            loop = self.pool.loop
-            self.idle = self.pool.timeouts.stream_idle
-            self.last = loop.time()
-            self.timer = loop.call_later(self.idle, self._on_timer)
-        resp._wake()
-
-    def on_body(self, body: bytes) -> None:
-        resp = self.resp
-        if resp is not None:
-            resp._chunks.append(body)
-            resp._size += len(body)
-            if resp._stream and not resp._want_all:
-                if resp._size > _HIGH_WATER and not self.paused:
-                    self.paused = True
-                    self.transport.pause_reading()
-                resp._wake()
-
-    def on_message_complete(self) -> None:
-        if self.skip:
-            self.skip = False
-            return
-        resp = self.resp
-        if resp is None:
-            return
-        self.resp = resp._conn = None
-        resp._done = True
-        resp._wake()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.keep and not self.closed:
-            self.pool.release(self)
-        else:
-            self.close()
-
-    def start(self, resp: H1Response, data: bytes) -> None:
-        self.resp = resp
-        resp.headers = self.headers = {}
-        self.got_bytes = False
-        self.idle = 0.0
-        self.timer = self.pool.loop.call_later(self.pool.timeouts.read, self._on_timer)
-        self.transport.write(data)
-
-    def resume(self) -> None:
-        if self.paused:
-            self.paused = False
-            self.last = self.pool.loop.time()
-            self.transport.resume_reading()
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.idle:
-            left = self.idle if self.paused else self.last + self.idle - self.pool.loop.time()
-            if left > 0:  # data arrived since the timer was armed (or we stopped reading)
-                self.timer = self.pool.loop.call_later(left, self._on_timer)
-                return
-        self.fail(UpstreamError(ErrorType.TIMEOUT, "upstream timed out"))
-
-    def fail(self, err: UpstreamError) -> None:
-        """End the current response with ``err`` and close the connection."""
-        resp = self.resp
-        if resp is not None:
-            self.resp = resp._conn = None
-            resp._error = err
-            resp._wake()
-        self.close()
-
-    def close(self) -> None:
-        if not self.closed:
-            self._dead()
-            self.transport.abort()
-
-    def _dead(self) -> None:
-        self.closed = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.owns_slot:
-            self.owns_slot = False
-            self.pool.conns.discard(self)
-            self.pool.free_slot()
-
-
-class _Pool:
+class Pool:
     """Connections to one (scheme, host, port): LIFO idle list, FIFO waiters, a hard limit."""
 
     __slots__ = (
@@ -227,11 +62,11 @@ class _Pool:
         # the default headers to add, by the _OWN bits of the ones the caller set
         self.defaults = [b"".join(v for bit, v in lines if not own & bit) for own in range(16)]
         self.count = 0  # connections open or being opened (slots taken)
-        self.conns: set[_Conn] = set()
-        self.idle: deque[_Conn] = deque()  # newest last: reuse from the right
-        self.waiters: deque[asyncio.Future[_Conn | None]] = deque()
+        self.conns: set[Conn] = set()
+        self.idle: deque[Conn] = deque()  # newest last: reuse from the right
+        self.waiters: deque[asyncio.Future[Conn | None]] = deque()
 
-    def checkout(self) -> _Conn | None:
+    def checkout(self) -> Conn | None:
         idle = self.idle
         if not idle:
             return None
@@ -246,7 +81,7 @@ class _Pool:
             conn.close()
         return None
 
-    def release(self, conn: _Conn) -> None:
+    def release(self, conn: Conn) -> None:
         conn.resume()
         conn.used_at = self.loop.time()
         waiters = self.waiters
@@ -267,7 +102,7 @@ class _Pool:
                 return
         self.count -= 1
 
-    async def acquire(self, fresh: bool) -> _Conn:
+    async def acquire(self, fresh: bool) -> Conn:
         """Slow path: open a connection, or wait (FIFO) for one; bounded by ``connect``."""
         try:
             async with asyncio.timeout(self.timeouts.connect):
@@ -280,7 +115,7 @@ class _Pool:
                     if self.count < self.limit:
                         self.count += 1
                         return await self._open()
-                    fut: asyncio.Future[_Conn | None] = self.loop.create_future()
+                    fut: asyncio.Future[Conn | None] = self.loop.create_future()
                     self.waiters.append(fut)
                     try:
                         got = await fut
@@ -304,9 +139,9 @@ class _Pool:
                 ErrorType.NETWORK, f"cannot reach upstream: {type(err).__name__}"
             ) from err
 
-    async def _open(self) -> _Conn:
+    async def _open(self) -> Conn:
         """Connect using a slot already counted in ``count``."""
-        conn = _Conn(self)
+        conn = Conn(self)
         try:
             if self.ssl is None:
                 await self.loop.create_connection(lambda: conn, self.host, self.port)
@@ -325,130 +160,6 @@ class _Pool:
         return conn
 
 
-class H1Response:
-    """An upstream answer: ``status`` and ``headers`` (lower-case keys) are in; the body streams."""
-
-    __slots__ = (
-        "_chunks", "_conn", "_done", "_error", "_size", "_stream", "_waiter", "_want_all",
-        "headers", "status",
-    )  # fmt: skip
-
-    def __init__(self, conn: _Conn, stream: bool) -> None:
-        self.status = 0
-        self.headers: Mapping[str, str] = {}  # set by _Conn.start
-        self._conn: _Conn | None = conn
-        self._stream = stream
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._done = self._want_all = False
-        self._error: UpstreamError | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    async def read(self) -> bytes:
-        """The whole (remaining) body."""
-        self._want_all = True
-        if self._conn is not None:
-            self._conn.resume()
-        while not self._done:
-            if self._error is not None:
-                raise self._error
-            await self._wait()
-        return self._take()
-
-    def iter_lines(self) -> _Lines:
-        """Body lines without ``\\r\\n``/``\\n``, yielded as the data arrives."""
-        return _Lines(self)
-
-    async def aclose(self) -> None:
-        """Idempotent; a response not read to the end closes its connection."""
-        conn = self._conn
-        if conn is not None:
-            self._conn = conn.resp = None
-            conn.close()
-        if not self._done and self._error is None:
-            self._error = UpstreamError(ErrorType.NETWORK, _CLOSED)
-        self._wake()
-        self._chunks.clear()
-
-    def _take(self) -> bytes:
-        chunks = self._chunks
-        data = b"".join(chunks)
-        chunks.clear()
-        self._size = 0
-        if self._conn is not None:
-            self._conn.resume()
-        return data
-
-    def _wake(self) -> None:
-        fut = self._waiter
-        if fut is not None:
-            self._waiter = None
-            if not fut.done():
-                fut.set_result(None)
-
-    async def _wait(self) -> None:
-        conn = self._conn
-        if conn is None:  # only after aclose() or a failure, which set ``_error``
-            raise self._error or UpstreamError(ErrorType.NETWORK, _CLOSED)
-        fut = conn.pool.loop.create_future()
-        self._waiter = fut
-        try:
-            await fut
-        except asyncio.CancelledError:  # the connection is mid-response: not reusable
-            self._waiter = None
-            await self.aclose()
-            raise
-
-
-class _Lines:
-    """Async iterator over a response's lines; handles lines split across reads."""
-
-    __slots__ = ("_i", "_lines", "_pending", "_resp")
-
-    def __init__(self, resp: H1Response) -> None:
-        self._resp = resp
-        self._lines: list[bytes] = []
-        self._i = 0
-        self._pending: list[bytes] = []  # the unterminated tail, possibly over many reads
-
-    def __aiter__(self) -> _Lines:
-        return self
-
-    async def __anext__(self) -> bytes:
-        resp = self._resp
-        while True:
-            if self._i < len(self._lines):
-                line = self._lines[self._i]
-                self._i += 1
-                return line[:-1] if line.endswith(b"\r") else line
-            if resp._chunks:
-                self._split(resp._take())
-            elif resp._error is not None:
-                raise resp._error
-            elif resp._done:
-                if not self._pending:
-                    raise StopAsyncIteration
-                self._lines, self._i = [b"".join(self._pending)], 0
-                self._pending.clear()
-            else:
-                await resp._wait()
-
-    def _split(self, data: bytes) -> None:
-        if b"\n" not in data:
-            if data:
-                self._pending.append(data)
-            return
-        if self._pending:
-            self._pending.append(data)
-            data = b"".join(self._pending)
-            self._pending.clear()
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        if tail:
-            self._pending.append(tail)
-        self._lines, self._i = lines, 0
-
-
 class H1Transport:
     """The ``Transport`` over lean HTTP/1.1 pools, one per (scheme, host, port)."""
 
@@ -459,8 +170,8 @@ class H1Transport:
         self.max_connections = max_connections
         self.closed = False
         self._ssl = ssl_context  # the default context is created on the first https URL
-        self._pools: dict[tuple[str, str, int], _Pool] = {}
-        self._routes: dict[str, _Pool] = {}  # URL prefix before the path -> its pool
+        self._pools: dict[tuple[str, str, int], Pool] = {}
+        self._routes: dict[str, Pool] = {}  # URL prefix before the path -> its pool
 
     async def send(self, request: UpstreamRequest) -> H1Response:
         url = request.url
@@ -495,7 +206,7 @@ class H1Transport:
             retried = True  # a stale keep-alive connection: once more on a fresh one
             conn = await pool.acquire(True)
 
-    def _pool_for(self, prefix: str) -> _Pool:
+    def _pool_for(self, prefix: str) -> Pool:
         try:
             parts = urlsplit(prefix)
             scheme, host = parts.scheme.lower(), parts.hostname
@@ -507,7 +218,7 @@ class H1Transport:
                 ctx = None
                 if scheme == "https":
                     ctx = self._ssl = self._ssl or ssl.create_default_context()
-                pool = self._pools[scheme, host, port] = _Pool(self, host, port, ctx)
+                pool = self._pools[scheme, host, port] = Pool(self, host, port, ctx)
             return pool
         except ValueError as err:  # UnicodeError is a ValueError too
             raise UpstreamError(
@@ -529,7 +240,7 @@ class H1Transport:
             await asyncio.sleep(0)  # let the transports run connection_lost and free sockets
 
 
-def _encode(request: UpstreamRequest, pool: _Pool, target: str) -> bytes:
+def _encode(request: UpstreamRequest, pool: Pool, target: str) -> bytes:
     """Request line, headers and body as one buffer, for a single ``write``."""
     headers = request.headers
     own = 0
