@@ -256,15 +256,21 @@ async def test_concurrent_admits_never_overshoot_across_replicas(limits: Harness
 
 async def test_redis_layout_is_a_prefixed_hash_and_string_with_ttls() -> None:
     """Budgets are HASHes {spent, reserved}, rate counters strings, both under the prefix
-    with the ttl they were created with."""
+    with the ttl they were created with; the replica's lease holds its reservation and
+    the replica is listed (see tests/test_limits_leases.py)."""
     async with redis_harness() as h:
         await admitted(h.backend, budget("k", 100, 7, ttl=300), rate("rpm", 10, ttl=90))
         raw = Redis.from_url(REDIS_URL, decode_responses=True)
+        assert isinstance(h.backend, RedisLimits)
+        lease = f"{h.prefix}lease:{h.backend.replica}"
         try:
             assert await raw.hgetall(h.prefix + "budget:k") == {"reserved": "7"}
             assert await raw.get(h.prefix + "rate:rpm") == "1"
             assert 290 <= await raw.ttl(h.prefix + "budget:k") <= 300
             assert 80 <= await raw.ttl(h.prefix + "rate:rpm") <= 90
+            assert await raw.hgetall(lease) == {h.prefix + "budget:k": "7"}
+            assert 290 <= await raw.ttl(lease) <= 300
+            assert await raw.zrange(h.prefix + "replicas", 0, -1) == [h.backend.replica]
         finally:
             await raw.aclose()
 

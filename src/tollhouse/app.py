@@ -103,6 +103,7 @@ class App:
             stack.push_async_callback(ledger.stop)
             backend = self._limits_backend()
             stack.push_async_callback(backend.aclose)
+            await backend.start()
             admission = Admission(backend, config, self._clock)
             await recover_spend(backend, LedgerRepo(store.engine),
                                 await self._budget_rules(store, admission), self._clock())  # fmt: skip

@@ -46,12 +46,15 @@ class RateCharge:
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """Everything was incremented. ``rate_counts[i]`` is counter i's value after the increment;
-    ``budget_totals[i]`` is spent + reserved of budget i after the reservation."""
+    ``budget_totals[i]`` is spent + reserved of budget i after the reservation. ``holder``
+    names where the reservations are held (Redis: the admitting replica's lease), so
+    any replica can settle them."""
 
     budgets: tuple[BudgetCharge, ...]
     rates: tuple[RateCharge, ...]
     budget_totals: tuple[int, ...]
     rate_counts: tuple[int, ...]
+    holder: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,11 @@ class LimitsBackend(Protocol):
 
     async def ping(self) -> float:
         """Round-trip time in seconds (0 for memory); raises if unreachable."""
+        ...
+
+    async def start(self) -> None:
+        """Begin background upkeep (Redis: this replica's heartbeat and the sweep that
+        releases the reservations of replicas that died); a no-op where there is none."""
         ...
 
     async def aclose(self) -> None: ...

@@ -144,6 +144,9 @@ class MemoryLimits:
     async def ping(self) -> float:
         return 0.0
 
+    async def start(self) -> None:
+        """Nothing to keep up: one process holds every counter and its reservations."""
+
     async def aclose(self) -> None:
         self._budgets.clear()
         self._rates.clear()

@@ -11,8 +11,21 @@ Layout, every key prefixed with ``prefix``:
 - a budget is a HASH ``{spent, reserved}`` in integer nano-USD (HINCRBY);
 - a rate counter is a string integer (INCRBY).
 
+- each replica's outstanding budget reservations are a HASH ``lease:<replica>``
+  (budget key → nano-USD it reserved there), and ``replicas`` is a ZSET of
+  replica ids scored by their last heartbeat (Redis server time, ms).
+
 A key gets its ``ttl`` when a charge creates it; later charges never shorten
 or extend it, so a counter lives exactly as long as its window (plus margin).
+
+Why leases: a replica that dies between admitting a request and settling it
+would otherwise leave its reservation in the budget until the window ends (a
+month, for a monthly budget), refusing requests that fit. Every replica beats
+every ``heartbeat`` seconds and sweeps: a replica silent for ``dead_after``
+seconds has what its lease still holds taken out of each budget's
+``reserved``, then its lease is deleted. A settle only releases what its own
+lease still holds, so a replica that was only slow, and was swept, never
+releases another replica's reservation twice. Spend is always added.
 ``settle`` and ``seed_spent`` never bring back a key that has expired.
 (Needs Redis >= 6.0 for ``SET ... KEEPTTL``. All of one request's keys go to
 one script, so on Redis Cluster the prefix must carry a hash tag, e.g.
@@ -30,7 +43,11 @@ wants more than ``max_connections`` connections at once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
+import uuid
 from collections.abc import Sequence
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -45,12 +62,17 @@ from tollhouse.limits.base import (
 )
 from tollhouse.limits.memory import rate_deltas
 
-# KEYS: budget hashes (the first ARGV[1]), then rate counters.
-# ARGV: nb, then limit, amount, ttl for each key in KEYS order.
+log = logging.getLogger("tollhouse.limits")
+
+# KEYS: budget hashes (the first ARGV[1]), then rate counters, then this replica's
+# lease and the replicas ZSET. ARGV: nb, replica id, then limit, amount, ttl for each
+# counter in KEYS order.
 # Returns {1, value...} (spent + reserved, or count, after the increment) when
 # admitted, {0, position in KEYS, current value} when refused.
 _ADMIT = """
 local nb = tonumber(ARGV[1])
+local lease, replicas = KEYS[#KEYS - 1], KEYS[#KEYS]
+local n = #KEYS - 2
 local function value(i, key)
   if i <= nb then
     local v = redis.call('HMGET', key, 'spent', 'reserved')
@@ -59,8 +81,8 @@ local function value(i, key)
   return tonumber(redis.call('GET', key)) or 0
 end
 local pending = {}
-for i, key in ipairs(KEYS) do
-  local j = 2 + (i - 1) * 3
+for i = 1, n do
+  local key, j = KEYS[i], 3 + (i - 1) * 3
   local current = value(i, key)
   local amount = tonumber(ARGV[j + 1])
   if current + (pending[key] or 0) + amount > tonumber(ARGV[j]) then
@@ -68,10 +90,14 @@ for i, key in ipairs(KEYS) do
   end
   pending[key] = (pending[key] or 0) + amount
 end
-for i, key in ipairs(KEYS) do
-  local j = 2 + (i - 1) * 3
+for i = 1, n do
+  local key, j = KEYS[i], 3 + (i - 1) * 3
   if i <= nb then
     redis.call('HINCRBY', key, 'reserved', ARGV[j + 1])
+    redis.call('HINCRBY', lease, key, ARGV[j + 1])
+    if redis.call('TTL', lease) < tonumber(ARGV[j + 2]) then
+      redis.call('EXPIRE', lease, ARGV[j + 2])
+    end
   else
     redis.call('INCRBY', key, ARGV[j + 1])
   end
@@ -79,30 +105,85 @@ for i, key in ipairs(KEYS) do
     redis.call('EXPIRE', key, ARGV[j + 2])
   end
 end
+if nb > 0 then  -- a replica that reserves is alive, and known to the sweepers
+  local t = redis.call('TIME')
+  redis.call('ZADD', replicas, t[1] * 1000 + math.floor(t[2] / 1000), ARGV[2])
+end
 local out = {1}
-for i, key in ipairs(KEYS) do
-  out[i + 1] = value(i, key)
+for i = 1, n do
+  out[i + 1] = value(i, KEYS[i])
 end
 return out
 """
 
-# KEYS: budget hashes (the first ARGV[1]), then rate counters.
-# ARGV: nb, cost, then -reserved per budget and (real - charged) per rate counter.
+# KEYS: budget hashes (the first ARGV[1]), then rate counters, then this replica's
+# lease. ARGV: nb, cost, then reserved per budget and (real - charged) per rate counter.
+# A budget gets back only what the lease still holds for it (nothing, if a sweep
+# already released it); amounts written are formatted as integers ('%d'), since a
+# Lua number would otherwise reach Redis as e.g. '1e+15'.
 _SETTLE = """
 local nb = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  if redis.call('EXISTS', key) == 1 then
-    if i <= nb then
-      if redis.call('HINCRBY', key, 'reserved', ARGV[i + 2]) < 0 then
+local lease = KEYS[#KEYS]
+for i = 1, #KEYS - 1 do
+  local key = KEYS[i]
+  if i <= nb then
+    local held = tonumber(redis.call('HGET', lease, key)) or 0
+    local release = math.min(held, tonumber(ARGV[i + 2]))
+    if release > 0 then
+      local back = string.format('%d', -release)
+      if redis.call('HINCRBY', lease, key, back) <= 0 then
+        redis.call('HDEL', lease, key)
+      end
+      if redis.call('EXISTS', key) == 1 and redis.call('HINCRBY', key, 'reserved', back) < 0 then
         redis.call('HSET', key, 'reserved', 0)
       end
-      redis.call('HINCRBY', key, 'spent', ARGV[2])
-    elseif redis.call('INCRBY', key, ARGV[i + 2]) < 0 then
-      redis.call('SET', key, 0, 'KEEPTTL')
     end
+    if redis.call('EXISTS', key) == 1 then
+      redis.call('HINCRBY', key, 'spent', ARGV[2])
+    end
+  elseif redis.call('EXISTS', key) == 1 and redis.call('INCRBY', key, ARGV[i + 2]) < 0 then
+    redis.call('SET', key, 0, 'KEEPTTL')
   end
 end
 return 0
+"""
+
+# KEYS: the replicas ZSET. ARGV: replica id. Its heartbeat, in Redis server time (ms).
+_BEAT = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
+return 0
+"""
+
+# KEYS: the replicas ZSET. ARGV: lease key prefix, dead_after (ms), the sweeping
+# replica's id. Releases what the leases of replicas silent for dead_after still hold
+# (budgets that expired meanwhile are not brought back), deletes those leases and
+# forgets those replicas. Returns how many reservations were released. (It reaches
+# the leases and budgets by name, so on Redis Cluster they share the prefix's slot.)
+_SWEEP = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local released = 0
+for _, replica in ipairs(dead) do
+  if replica ~= ARGV[3] then
+    local lease = ARGV[1] .. replica
+    local held = redis.call('HGETALL', lease)
+    for i = 1, #held, 2 do
+      local key, amount = held[i], tonumber(held[i + 1])
+      if amount > 0 and redis.call('EXISTS', key) == 1 then
+        local back = string.format('%d', -amount)
+        if redis.call('HINCRBY', key, 'reserved', back) < 0 then
+          redis.call('HSET', key, 'reserved', 0)
+        end
+        released = released + 1
+      end
+    end
+    redis.call('DEL', lease)
+    redis.call('ZREM', KEYS[1], replica)
+  end
+end
+return released
 """
 
 # KEYS: one budget hash. ARGV: spent, ttl. Returns 1 if it was set.
@@ -116,6 +197,10 @@ return 1
 """
 
 
+HEARTBEAT = 5.0  # seconds between a replica's heartbeats (and sweeps)
+DEAD_AFTER = 30.0  # a replica silent this long has its reservations released
+
+
 class RedisLimits:
     """``LimitsBackend`` on one Redis server (or primary), atomic across replicas."""
 
@@ -127,6 +212,9 @@ class RedisLimits:
         max_connections: int = 32,
         pool_timeout: float = 5.0,
         socket_timeout: float = 5.0,
+        replica: str | None = None,
+        heartbeat: float = HEARTBEAT,
+        dead_after: float = DEAD_AFTER,
     ) -> None:
         pool = BlockingConnectionPool.from_url(
             url,
@@ -137,9 +225,49 @@ class RedisLimits:
         )
         self._redis = Redis.from_pool(pool)  # the client owns the pool and closes it
         self._prefix = prefix
+        self.replica = replica or uuid.uuid4().hex
+        self._lease = f"{prefix}lease:{self.replica}"
+        self._replicas = f"{prefix}replicas"
+        self._heartbeat = heartbeat
+        self._dead_after_ms = int(dead_after * 1000)
+        self._maintainer: asyncio.Task[None] | None = None
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
         self._seed = self._redis.register_script(_SEED)
+        self._beat = self._redis.register_script(_BEAT)
+        self._sweep = self._redis.register_script(_SWEEP)
+
+    async def start(self) -> None:
+        """Beat and sweep now and every ``heartbeat`` seconds until ``aclose``. Never
+        fails: a gateway starts without Redis and refuses limited requests until it is
+        back (``LimitsUnavailable``)."""
+        if self._maintainer is None:
+            self._maintainer = asyncio.create_task(self._maintain(), name="tollhouse-leases")
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                await self.beat()
+                await self.sweep()
+            except Exception as err:  # Redis away for a while: try again next beat
+                log.warning("lease_maintenance_failed error=%s", type(err).__name__)
+            await asyncio.sleep(self._heartbeat)
+
+    async def beat(self) -> None:
+        """Tell the other replicas this one is alive."""
+        await self._beat(keys=[self._replicas], args=[self.replica])
+
+    async def sweep(self) -> int:
+        """Release the reservations of replicas that stopped beating; return how many."""
+        released = int(
+            await self._sweep(
+                keys=[self._replicas],
+                args=[f"{self._prefix}lease:", self._dead_after_ms, self.replica],
+            )
+        )
+        if released:
+            log.warning("reservations_released count=%d reason=replica_gone", released)
+        return released
 
     async def admit(
         self, budgets: Sequence[BudgetCharge], rates: Sequence[RateCharge]
@@ -149,8 +277,8 @@ class RedisLimits:
         if nb == 0 and not rates:
             return Admitted((), (), (), ())
         charges: list[BudgetCharge | RateCharge] = [*budgets, *rates]
-        keys = [self._prefix + c.name for c in charges]
-        args = [nb]
+        keys = [self._prefix + c.name for c in charges] + [self._lease, self._replicas]
+        args: list[int | str] = [nb, self.replica]
         for c in charges:
             args += (c.limit, c.amount, c.ttl)
         result = [int(v) for v in await self._admit(keys=keys, args=args)]
@@ -164,6 +292,7 @@ class RedisLimits:
             rates=tuple(rates),
             budget_totals=tuple(result[1 : 1 + nb]),
             rate_counts=tuple(result[1 + nb :]),
+            holder=self._lease,
         )
 
     async def settle(self, admitted: Admitted, outcome: Settlement) -> None:
@@ -172,8 +301,8 @@ class RedisLimits:
         if not admitted.budgets and not admitted.rates:
             return
         names = [b.name for b in admitted.budgets] + [r.name for r in admitted.rates]
-        keys = [self._prefix + name for name in names]
-        args = [len(admitted.budgets), outcome.cost, *(-b.amount for b in admitted.budgets)]
+        keys = [self._prefix + name for name in names] + [admitted.holder or self._lease]
+        args = [len(admitted.budgets), outcome.cost, *(b.amount for b in admitted.budgets)]
         await self._settle(keys=keys, args=[*args, *deltas])
 
     async def budget_states(self, names: Sequence[str]) -> list[BudgetState]:
@@ -201,4 +330,13 @@ class RedisLimits:
         return time.perf_counter() - start
 
     async def aclose(self) -> None:
+        """Stop beating; a replica that settled everything leaves no lease behind."""
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+            self._maintainer = None
+            with contextlib.suppress(Exception):  # best effort: sweepers handle the rest
+                if not await self._redis.hlen(self._lease):
+                    await self._redis.zrem(self._replicas, self.replica)
         await self._redis.aclose()
