@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
@@ -28,17 +29,27 @@ SHARED = BudgetCharge("budget:shared", 100, 60, 3600)  # room for one of these a
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
     prefix = f"tollhouse-test:{uuid.uuid4().hex}:"
-    raw = Redis.from_url(REDIS_URL, decode_responses=True)
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
     try:
-        await raw.ping()
+        await client.ping()
     except (RedisConnectionError, OSError):
-        await raw.aclose()
+        await client.aclose()
         need(False, "Redis is not reachable at 127.0.0.1:6379")
     yield prefix
-    keys = [key async for key in raw.scan_iter(match=prefix + "*", count=1000)]
+    keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
     if keys:
-        await raw.delete(*keys)
-    await raw.aclose()
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@asynccontextmanager
+async def raw() -> AsyncIterator[Redis]:
+    """A plain client, to look at the keys the backend wrote."""
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 def replica(prefix: str, name: str, dead_after: float = 0.2, heartbeat: float = 5.0) -> RedisLimits:
@@ -67,12 +78,9 @@ async def test_a_dead_replicas_reservation_is_released_by_a_sweep(prefix: str) -
         assert await b.sweep() == 1
         assert await reserved(b) == BudgetState(spent=0, reserved=0)
         assert isinstance(await admit(b), Admitted)
-        raw = Redis.from_url(REDIS_URL, decode_responses=True)
-        try:
-            assert await raw.exists(prefix + "lease:a") == 0
-            assert await raw.zrange(prefix + "replicas", 0, -1) == ["b"]
-        finally:
-            await raw.aclose()
+        async with raw() as client:
+            assert await client.exists(prefix + "lease:a") == 0
+            assert await client.zrange(prefix + "replicas", 0, -1) == ["b"]
     finally:
         await a.aclose()
         await b.aclose()
@@ -118,11 +126,8 @@ async def test_settling_empties_the_lease_and_any_replica_may_settle(prefix: str
         assert isinstance(ticket, Admitted)
         await b.settle(ticket, Settlement(cost=25))
         assert await reserved(a) == BudgetState(spent=25, reserved=0)
-        raw = Redis.from_url(REDIS_URL, decode_responses=True)
-        try:
-            assert await raw.hgetall(prefix + "lease:a") == {}
-        finally:
-            await raw.aclose()
+        async with raw() as client:
+            assert await client.hgetall(prefix + "lease:a") == {}
     finally:
         await a.aclose()
         await b.aclose()
@@ -144,11 +149,8 @@ async def test_started_replicas_beat_and_sweep_by_themselves(prefix: str) -> Non
         assert await reserved(survivor) == BudgetState(spent=0, reserved=0)
     finally:
         await survivor.aclose()
-    raw = Redis.from_url(REDIS_URL, decode_responses=True)
-    try:  # a replica that closes with nothing outstanding leaves the list
-        assert await raw.zrange(prefix + "replicas", 0, -1) == []
-    finally:
-        await raw.aclose()
+    async with raw() as client:  # a replica that closes with nothing outstanding leaves
+        assert await client.zrange(prefix + "replicas", 0, -1) == []
 
 
 async def test_large_amounts_go_through_the_lease_exactly(prefix: str) -> None:
