@@ -106,7 +106,7 @@ def install(out: Path) -> None:
         marks["t_reply"] = ns()
         await original_reply(*args)
 
-    original_flush = server._CoalescingTransport._flush
+    original_flush = server._CoalescingTransport.flush
 
     def flush(self: Any) -> None:
         now = ns()
@@ -120,7 +120,7 @@ def install(out: Path) -> None:
         (app.App, "_http", http),
         (chat, "call_upstream", call_upstream),
         (chat, "reply_json", reply_json),
-        (server._CoalescingTransport, "_flush", flush),
+        (server._CoalescingTransport, "flush", flush),
         (server.GatewayHttpProtocol, "data_received", received),
         (gateway.Gateway, "done", done),
     ):

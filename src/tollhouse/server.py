@@ -38,10 +38,11 @@ class _CoalescingTransport:
 
     def write(self, data: bytes) -> None:
         if not self._buf:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._buf.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hand what this loop iteration wrote to the socket (and close, if asked)."""
         if self._buf:
             data = b"".join(self._buf) if len(self._buf) > 1 else self._buf[0]
             self._buf.clear()
@@ -73,5 +74,5 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         from ``call_soon``)."""
         transport = self.transport
         if isinstance(transport, _CoalescingTransport):
-            transport._flush()
+            transport.flush()
         super().on_response_complete()

@@ -9,14 +9,17 @@ registered once and called by EVALSHA (redis-py reloads them after a
 Layout, every key prefixed with ``prefix``:
 
 - a budget is a HASH ``{spent, reserved}`` in integer nano-USD (HINCRBY);
-- a rate counter is a string integer (INCRBY).
-
+- a rate counter is a string integer (INCRBY);
 - each replica's outstanding budget reservations are a HASH ``lease:<replica>``
   (budget key → nano-USD it reserved there), and ``replicas`` is a ZSET of
   replica ids scored by their last heartbeat (Redis server time, ms).
 
 A key gets its ``ttl`` when a charge creates it; later charges never shorten
 or extend it, so a counter lives exactly as long as its window (plus margin).
+``settle`` and ``seed_spent`` never bring back a key that has expired.
+(Needs Redis >= 6.0 for ``SET ... KEEPTTL``. All of one request's keys go to
+one script, so on Redis Cluster the prefix must carry a hash tag, e.g.
+``{tollhouse}:``.)
 
 Why leases: a replica that dies between admitting a request and settling it
 would otherwise leave its reservation in the budget until the window ends (a
@@ -25,11 +28,9 @@ every ``heartbeat`` seconds and sweeps: a replica silent for ``dead_after``
 seconds has what its lease still holds taken out of each budget's
 ``reserved``, then its lease is deleted. A settle only releases what its own
 lease still holds, so a replica that was only slow, and was swept, never
-releases another replica's reservation twice. Spend is always added.
-``settle`` and ``seed_spent`` never bring back a key that has expired.
-(Needs Redis >= 6.0 for ``SET ... KEEPTTL``. All of one request's keys go to
-one script, so on Redis Cluster the prefix must carry a hash tag, e.g.
-``{tollhouse}:``.)
+releases another replica's reservation twice. Spend is always added. (The
+sweep reaches leases and budgets by name rather than as declared keys; with
+the hash-tagged prefix they share one Cluster slot.)
 
 Scripts compare amounts as Lua numbers (doubles), exact up to 2**53 nano-USD
 (about 9 million USD per counter and window); increments themselves are exact
