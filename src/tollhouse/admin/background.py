@@ -51,6 +51,18 @@ class Folder:
 
     async def fold_once(self) -> int:
         """Fold what has settled; returns how many ids the watermark moved."""
+        up_to = await self._settled() if self._settle else None  # SQLite: all there is
+        moved = 0
+        while True:
+            step = await rollup.fold(self._engine, up_to=up_to)
+            moved += step
+            if step < rollup.DEFAULT_BATCH:  # a short batch reached the end: nothing is left
+                break
+        self.folded_total += moved
+        return moved
+
+    async def _settled(self) -> int:
+        """The newest ledger id that has been visible for ``settle`` seconds (0: none yet)."""
         now = time.monotonic()
         self._seen.append((now, await rollup.newest_id(self._engine)))
         up_to = 0
@@ -58,11 +70,7 @@ class Folder:
             up_to = self._seen.popleft()[1]
         if up_to:
             self._seen.appendleft((now - self._settle, up_to))  # still the newest settled id
-        moved = 0
-        while step := await rollup.fold(self._engine, up_to=up_to):
-            moved += step
-        self.folded_total += moved
-        return moved
+        return up_to
 
     async def _run(self) -> None:
         while True:
