@@ -7,6 +7,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,30 @@ async def test_a_row_holds_every_field_of_its_event(store: Store) -> None:
         "gpt-4o-2024",
         "reported",
     )
+
+
+async def test_sqlite_stores_the_time_exactly_as_sqlalchemy_core_would(tmp_path: Path) -> None:
+    """The batch insert bypasses SQLAlchemy's type processing, so it formats SQLite's
+    timestamp text itself; queries compare that text, so it must match Core's byte for byte,
+    whole seconds and other time zones included."""
+    times = [
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 1, 1, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 6, 30, 23, 59, 59, 999999, tzinfo=UTC),
+    ]
+    rows = [{**event_row(replace(EVENT, request_id=f"fast-{i}")), "ts": ts}
+            for i, ts in enumerate(times)]  # fmt: skip
+    async with open_store("sqlite", tmp_path) as store:
+        await LedgerRepo(store.engine).insert(rows)
+        async with store.engine.begin() as conn:
+            core = [
+                {**row, "request_id": row["request_id"].replace("fast", "core")} for row in rows
+            ]
+            await conn.execute(ledger.insert(), core)
+            stored = dict((await conn.execute(sa.text("SELECT request_id, ts FROM ledger"))).all())
+    for i in range(len(times)):
+        assert stored[f"fast-{i}"] == stored[f"core-{i}"]
+    assert stored["fast-0"] == "2026-01-01 00:00:00.000000"
 
 
 async def test_an_outage_delays_rows_but_loses_none(

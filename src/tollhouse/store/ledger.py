@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
@@ -25,12 +26,15 @@ _SPLIT = 1_000_000
 
 
 _COLUMNS: tuple[str, ...] = tuple(c.name for c in ledger.columns if c.name != "id")
-_SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME storage format
+_values = itemgetter(*_COLUMNS)  # a row dict's values in column order, in one C call
+_TS = _COLUMNS.index("ts")
 
 
-def _driver_value(value: Any, column: str, sqlite: bool) -> Any:
-    if column == "ts" and sqlite and isinstance(value, datetime):
-        return value.astimezone(UTC).strftime(_SQLITE_TS)
+def _sqlite_ts(value: Any) -> Any:
+    """SQLAlchemy's SQLite DATETIME storage format: naive UTC, always with microseconds."""
+    if isinstance(value, datetime):
+        naive = value.astimezone(UTC).replace(tzinfo=None)
+        return naive.isoformat(sep=" ", timespec="microseconds")
     return value
 
 
@@ -52,8 +56,10 @@ class LedgerRepo:
         """
         if not rows:
             return
-        sqlite = self._engine.dialect.name == "sqlite"
-        params = [tuple(_driver_value(row[c], c, sqlite) for c in _COLUMNS) for row in rows]
+        params: list[tuple[Any, ...]] = [_values(row) for row in rows]
+        if self._engine.dialect.name == "sqlite":
+            at = _TS
+            params = [(*p[:at], _sqlite_ts(p[at]), *p[at + 1 :]) for p in params]
         async with self._engine.begin() as conn:
             await conn.exec_driver_sql(self._insert_sql(), params)
 
