@@ -15,6 +15,8 @@ import random
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from prometheus_client import Gauge
+
 from tollhouse.accounting.event import Attempt, Outcome, Sink, Sinks
 from tollhouse.accounting.pricing import Price, PriceBook, cost
 from tollhouse.accounting.usage import Usage
@@ -58,6 +60,7 @@ class Gateway:
     rng: random.Random = field(default_factory=random.Random)
     executor: Executor = field(init=False)
     worst_prices: dict[str, Price | None] = field(default_factory=dict)
+    in_flight: dict[str, Gauge] = field(default_factory=dict)  # each group's bound series
 
     def __post_init__(self) -> None:
         self.executor = Executor(self.router, self.rng)
@@ -79,8 +82,15 @@ class Gateway:
         """Resolve the public model and count the request in flight until ``done``."""
         group = self.router.resolve(model)
         ctx.group = group
-        self.metrics.in_flight.labels(group.name).inc()
+        self._in_flight(group.name).inc()
         return group
+
+    def _in_flight(self, group: str) -> Gauge:
+        """The group's in-flight series, bound once (``labels()`` costs a few µs per call)."""
+        series = self.in_flight.get(group)
+        if series is None:
+            series = self.in_flight[group] = self.metrics.in_flight.labels(group)
+        return series
 
     def _worst_price(self, group: ModelGroup) -> Price | None:
         """The dearest price among every deployment this request could reach (fixed per
@@ -115,6 +125,8 @@ class Gateway:
     async def _reserve(self, rules: tuple[list[BudgetRule], list[RateRule]], price: Price | None,
                        worst: Usage) -> Ticket | None:  # fmt: skip
         assert self.admission is not None
+        if not rules[0] and not rules[1]:
+            return None  # no limit applies: nothing to price, track or reserve
         self.snapshot.track(*rules)
         worst_cost = cost(worst, price) if price is not None else Decimal(0)
         try:
@@ -144,7 +156,7 @@ class Gateway:
     def done(self, ctx: RequestContext) -> None:
         """Turn the request into its one UsageEvent, hand it to every sink, settle limits."""
         if ctx.group is not None:
-            self.metrics.in_flight.labels(ctx.group.name).dec()
+            self._in_flight(ctx.group.name).dec()
         event = ctx.finish(self.prices)
         self.sinks.emit(event)
         if self.admission is not None:

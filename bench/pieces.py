@@ -1,0 +1,108 @@
+"""Warm cost of each piece of the gateway's request path, in-process (no network).
+
+``bench/segments.py`` times a request's segments as they run in a live gateway, where a
+50 ms idle wait makes everything several times slower; ``bench/depths.py`` times whole
+layers. This times the pieces themselves, back to back, on the real ``Gateway`` built
+from the benchmark's config: a map of where the request path's own Python time goes
+and a quick A/B check for a change to one piece (steadier than anything end to end).
+The upstream is not called: ``parse_chat`` reads a canned answer.
+
+    .venv/bin/python -m bench.pieces [--requests 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from bench.run import GATEWAY_CONFIG
+
+BODY = (
+    b'{"model":"bench-model","messages":[{"role":"user","content":"hello there"}],"max_tokens":16}'
+)
+HEADERS = [
+    (b"host", b"gateway"),
+    (b"content-type", b"application/json"),
+    (b"content-length", b"90"),
+]
+ANSWER = orjson.dumps({
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "bench-model",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 16},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 6, "completion_tokens": 16, "total_tokens": 22},
+})  # fmt: skip
+PIECES = (
+    "context", "auth", "json", "validate", "route", "estimate", "admit", "upstream body",
+    "parse answer", "charge", "headers", "sinks (after the answer)",
+)  # fmt: skip
+
+
+async def run(requests: int) -> None:
+    from tollhouse.accounting.tokens import estimate_prompt_tokens
+    from tollhouse.app import App
+    from tollhouse.config import load_config
+    from tollhouse.proxy import validate
+    from tollhouse.proxy.asgi import parse_json
+    from tollhouse.proxy.context import RequestContext
+    from tollhouse.proxy.exchange import response_headers
+
+    with tempfile.TemporaryDirectory(prefix="tollhouse-pieces-") as tmp:
+        config = Path(tmp) / "tollhouse.yaml"
+        config.write_text(GATEWAY_CONFIG.format(workdir=tmp, mock_port=9, model="bench-model"))
+        async with App(load_config(str(config))).lifespan() as gw:
+            spent = [0] * len(PIECES)
+            ns = time.perf_counter_ns
+            for i in range(requests):
+                t = [ns()]
+                ctx = RequestContext.begin(f"pieces-{i}", "chat")
+                t.append(ns())
+                ctx.principal = await gw.auth.authenticate(HEADERS)
+                t.append(ns())
+                body = parse_json(BODY)
+                t.append(ns())
+                params = validate.chat(body)
+                t.append(ns())
+                ctx.stream = False
+                gw.route(ctx, params.model)
+                t.append(ns())
+                prompt = estimate_prompt_tokens(params.messages)
+                t.append(ns())
+                await gw.admit(ctx, prompt, params.max_tokens or 16)
+                t.append(ns())
+                assert ctx.group is not None
+                dep = ctx.deployment = ctx.group.deployments[0]
+                dep.adapter.chat_request(body, dep.target, stream=False)
+                t.append(ns())
+                parsed = dep.adapter.parse_chat(ANSWER, dep.target)
+                t.append(ns())
+                assert parsed.usage is not None
+                ctx.charge(parsed.usage)
+                ctx.status = 200
+                t.append(ns())
+                response_headers(ctx)
+                t.append(ns())
+                gw.done(ctx)
+                t.append(ns())
+                for k in range(len(PIECES)):
+                    spent[k] += t[k + 1] - t[k]
+                if i % 50 == 49:  # let the ledger writer and the access log drain, as in service
+                    await asyncio.sleep(0.001)
+    print(f"{requests} requests, warm, µs per request:")
+    for name, total in zip(PIECES, spent, strict=True):
+        print(f"  {name:26} {total / requests / 1000:6.2f}")
+    print(f"  {'all':26} {sum(spent) / requests / 1000:6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.pieces", description=__doc__)
+    parser.add_argument("--requests", type=int, default=20000, help="(20000)")
+    asyncio.run(run(parser.parse_args().requests))
+
+
+if __name__ == "__main__":
+    main()
