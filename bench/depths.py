@@ -61,6 +61,7 @@ from typing import Any, cast
 import httptools
 import orjson
 
+from bench import floor_proxy
 from bench.run import GATEWAY_CONFIG, _free_port, _wait_ready
 
 DEPTHS = ("floor", "callbacks", "task", "executor", "gate", "asgi", "uvicorn")
@@ -107,29 +108,12 @@ def _head(status: int, headers: list[tuple[bytes, bytes]], length: int) -> bytes
     return b"".join(lines)
 
 
-class _Upstream(asyncio.Protocol):
-    """A raw keep-alive upstream connection, for the two callback depths."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.body: list[bytes] = []
-        self.answer: Any = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+class _Upstream(floor_proxy._Upstream):
+    """The floor proxy's raw keep-alive upstream connection, timestamped."""
 
     def data_received(self, data: bytes) -> None:
         _marks["up_in"] = ns()
-        self.parser.feed_data(data)
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        body, self.body = b"".join(self.body), []
-        answer, self.answer = self.answer, None
-        answer(body)
+        super().data_received(data)
 
     def send(self, request_id: bytes, data: bytes) -> None:
         assert self.transport is not None
@@ -210,7 +194,7 @@ class _Server(asyncio.Protocol):
             gw.route(ctx, params.model)
             dep = ctx.deployment = ctx.group.deployments[0]
 
-        def answer(body: bytes) -> None:
+        def answer(status: int, body: bytes) -> None:
             if floor:
                 out = orjson.dumps(orjson.loads(body))
                 headers = [(b"content-type", b"application/json"),
