@@ -49,6 +49,28 @@ def test_create_use_list_and_block_a_key(tmp_path: Path) -> None:
         assert http.post("/chat/completions", json=msg, headers=auth).status_code == 401
 
 
+def test_per_model_limits_from_the_cli_are_shown_and_enforced(tmp_path: Path) -> None:
+    """``--model-limit MODEL=RPM[:TPM]``, repeatable; each model has its own counter."""
+    store = f"sqlite+aiosqlite:///{tmp_path}/cli.db"
+    s = ("--store", store)
+    code, created, err = tollhouse("keys", "create", *s, "--alias", "pm",
+                                   "--model-limit", "chat=1", "--model-limit", "slow=:50000")  # fmt: skip
+    assert code == 0, err
+    assert created["model_limits"] == {"chat": {"rpm": 1, "tpm": None},
+                                       "slow": {"rpm": None, "tpm": 50000}}  # fmt: skip
+    assert tollhouse("keys", "show", *s, "pm")[1]["model_limits"] == created["model_limits"]
+    code, _, err = tollhouse("keys", "create", *s, "--alias", "bad", "--model-limit", "chat")
+    assert code != 0 and "MODEL=RPM[:TPM]" in err
+
+    def post(model: str) -> int:
+        msg = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+        auth = {"authorization": f"Bearer {created['secret']}"}
+        return http.post("/chat/completions", json=msg, headers=auth).status_code
+
+    with run_gateway(gateway_config(store)) as gw, httpx.Client(base_url=gw.v1) as http:
+        assert [post("chat"), post("slow"), post("chat")] == [200, 200, 429]
+
+
 def test_errors_are_plain_and_exit_nonzero(tmp_path: Path) -> None:
     s = ("--store", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
     code, _, err = tollhouse("keys", "block", *s, "ghost")
@@ -58,6 +80,9 @@ def test_errors_are_plain_and_exit_nonzero(tmp_path: Path) -> None:
     code, _, err = tollhouse("keys", "create", *s, "--alias", "y", "--budget-period", "fortnightly",
                              "--max-budget", "1")  # fmt: skip
     assert code == 1 and "fortnightly" in err
+    code, _, err = tollhouse("keys", "create", *s, "--alias", "z", "--max-budget", "1",
+                             "--soft-budget", "2")  # fmt: skip
+    assert code == 1 and "the soft budget must not exceed the max budget" in err
     assert tollhouse("keys", "create", *s, "--alias", "dup")[0] == 0
     code, _, err = tollhouse("keys", "create", *s, "--alias", "dup")
     assert code == 1 and "dup" in err

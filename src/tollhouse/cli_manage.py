@@ -76,6 +76,8 @@ def _key_json(key: ApiKey) -> dict[str, object]:
         "max_budget_usd": str(Decimal(key.limits.max_budget_nusd) / 10**9)
         if key.limits.max_budget_nusd is not None else None,
         "budget_period": key.limits.budget_period, "rpm": key.limits.rpm, "tpm": key.limits.tpm,
+        "model_limits": {model: {"rpm": limit.rpm, "tpm": limit.tpm}
+                         for model, limit in (key.model_limits or {}).items()},
     }  # fmt: skip
 
 
