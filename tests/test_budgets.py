@@ -227,13 +227,14 @@ def test_an_end_user_row_overrides_the_default(
 def test_init_gauges_shows_every_budget_before_any_traffic(store_url: str) -> None:
     limits = LimitsInput(max_budget_usd=Decimal(7), budget_period="weekly", rpm=9)
     manage(store_url, lambda m: m.create_key("idle", limits=limits))
+    manage(store_url, lambda m: m.create_user("uma", LimitsInput(rpm=4)))
     config = gateway_config(store_url, {"backend": "memory", "init_gauges": True})
     with run_gateway(config) as gw:
         got = gauges(gw, "key", "idle", "weekly")
         assert (got["limit"], got["spend"], got["remaining"]) == (7, 0, 7)
-        assert (
-            gw.metric("llm_ratelimit_remaining", scope="key", entity="idle", kind="requests") == 9
-        )
+        remaining = "llm_ratelimit_remaining"
+        assert gw.metric(remaining, scope="key", entity="idle", kind="requests") == 9
+        assert gw.metric(remaining, scope="user", entity="uma", kind="requests") == 4
     with run_gateway(gateway_config(store_url, {"backend": "memory"})) as gw:
         assert gauges(gw, "key", "idle", "weekly")["limit"] == 0  # not shown until used
 

@@ -77,6 +77,47 @@ def test_end_user_spend_is_recovered_after_a_restart(tmp_path: Path) -> None:
         assert [post(http, None, user="eve").status_code for _ in range(2)] == [200, 429]
 
 
+def test_an_end_users_own_budget_is_recovered_after_a_restart(tmp_path: Path) -> None:
+    """``end-users set`` budgets are rebuilt from the ledger too, with no default end-user
+    budget in the config to rebuild a counter for that end user."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/s.db"
+    own = LimitsInput(max_budget_usd=COST * Decimal("2.5"), budget_period="daily")
+    manage(url, lambda m: m.set_end_user("eve", own))
+    config = mock_config()
+    config["store"] = {"url": url}
+    config["ledger"] = {"flush_interval": 0.05}
+    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+        assert post(http, None, user="eve").status_code == 200
+    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+        codes = [post(http, None, user="eve").status_code for _ in range(2)]
+        assert codes == [200, 429]
+        assert post(http, None, user="bob").status_code == 200
+
+
+def test_init_gauges_show_an_end_users_own_budget_instead_of_the_default(tmp_path: Path) -> None:
+    """At start, eve's own weekly budget is shown with her recovered spend; the config's
+    daily default for end users does not apply to her, so it is not shown for her."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/s.db"
+    own = LimitsInput(max_budget_usd=Decimal(5), budget_period="weekly")
+    manage(url, lambda m: m.set_end_user("eve", own))
+    config = mock_config()
+    config["store"] = {"url": url}
+    config["ledger"] = {"flush_interval": 0.05}
+    config["limits"] = {"backend": "memory", "init_gauges": True}
+    config["budgets"] = [{"scope": "end_user", "max_usd": "3", "period": "daily"}]
+    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+        assert post(http, None, user="eve").status_code == 200
+        assert post(http, None, user="bob").status_code == 200
+    with run_gateway(config) as gw:
+        httpx.get(gw.url + "/metrics")  # a scrape refreshes the gauges
+        spend = "llm_budget_spend_usd"
+        assert gw.metric(spend, scope="end_user", entity="eve", period="weekly") == float(COST)
+        assert gw.metric(spend, scope="end_user", entity="bob", period="daily") == float(COST)
+        assert (
+            gw.metric("llm_budget_limit_usd", scope="end_user", entity="eve", period="daily") == 0
+        )
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

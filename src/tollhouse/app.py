@@ -164,10 +164,12 @@ class App:
         return sinks + self._extra_sinks
 
     async def _budget_rules(self, store: Store, admission: Admission) -> list[BudgetRule]:
+        stored = await budget_rules_of(store)
+        own = {rule.entity for rule in stored if rule.scope == "end_user"}
         end_users = await end_user_rules(
-            LedgerRepo(store.engine), admission.end_user_default, self._clock()
+            LedgerRepo(store.engine), admission.end_user_default, self._clock(), own
         )
-        return [*admission.config_budgets, *await budget_rules_of(store), *end_users]
+        return [*admission.config_budgets, *stored, *end_users]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]

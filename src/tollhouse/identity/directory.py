@@ -12,7 +12,7 @@ from tollhouse.identity.keys import hash_key
 from tollhouse.identity.principal import NONE, BudgetRule, Principal, RateRule
 from tollhouse.store.engine import Store
 from tollhouse.store.models import ApiKey, Limits, Team, User
-from tollhouse.store.repos import Keys, Teams, Users
+from tollhouse.store.repos import EndUsers, Keys, Teams, Users
 
 DEFAULT_PERIOD = "monthly"
 ADMIN = Principal(key_id=None, key="admin", team=NONE, user=NONE, models=None)
@@ -84,7 +84,7 @@ class StoreDirectory:
 
 
 async def budget_rules_of(store: Store) -> list[BudgetRule]:
-    """Every budget stored on a key, team or user (for recovery and initial gauges)."""
+    """Every budget stored on a key, team, user or end user (for recovery and initial gauges)."""
     rules: list[BudgetRule] = []
     for key in await Keys(store.engine).list():
         rules += budget_rules("key", key.alias, key.limits)
@@ -92,6 +92,8 @@ async def budget_rules_of(store: Store) -> list[BudgetRule]:
         rules += budget_rules("team", team.alias, team.limits)
     for user in await Users(store.engine).list():
         rules += budget_rules("user", user.alias, user.limits)
+    for end_user in await EndUsers(store.engine).with_budget():
+        rules += budget_rules("end_user", end_user.id, end_user.limits)
     return rules
 
 

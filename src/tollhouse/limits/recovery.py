@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import cast
 
 from tollhouse.identity.principal import BudgetRule
@@ -46,9 +46,13 @@ async def recover_spend(
 
 
 async def end_user_rules(
-    ledger: LedgerRepo, default: BudgetRule | None, now: float
+    ledger: LedgerRepo, default: BudgetRule | None, now: float, own: Collection[str] = ()
 ) -> list[BudgetRule]:
-    """The default end-user budget, once per end user who spent in its current window."""
+    """The default end-user budget, once per end user who spent in its current window.
+
+    End users in ``own`` have a budget of their own, which replaces the default for them
+    (as admission does), so the default's counter is not rebuilt for them.
+    """
     if default is None:
         return []
     start = parse_period(default.period).window(now).start
@@ -56,5 +60,5 @@ async def end_user_rules(
     return [
         BudgetRule("end_user", who, default.limit, default.period, default.soft)
         for who in spenders
-        if who != "none"
+        if who != "none" and who not in own
     ]

@@ -271,6 +271,13 @@ class EndUsers:
             row = (await conn.execute(sa.select(end_users).where(end_users.c.id == id))).first()
         return None if row is None else EndUser(row.id, limits_of(row))
 
+    async def with_budget(self) -> list[EndUser]:
+        """The end users who have a budget of their own (for recovery at start-up)."""
+        query = sa.select(end_users).where(end_users.c.max_budget_nusd.is_not(None))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(end_users.c.id))).all()
+        return [EndUser(row.id, limits_of(row)) for row in rows]
+
     async def upsert(self, id: str, limits: Limits) -> EndUser:
         """Create or replace the overrides in one atomic statement."""
         values = limits_values(limits)
