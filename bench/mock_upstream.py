@@ -10,7 +10,9 @@ gateway's accounting with this ledger; the benchmark uses the same server as a
 zero-cost upstream.
 
 Behaviour is selected per request through the ``model`` string, a dash-separated list
-of tokens in any order (``gpt-fail-500``, ``m-delay-50``, ``m-hang-after-3``)::
+of tokens in any order (``gpt-fail-500``, ``m-delay-50``, ``m-hang-after-3``), read by
+``tollhouse.providers.mock.parse_behaviour``: the gateway's built-in mock provider
+understands the same names::
 
     fail-NNN       answer status NNN with the provider's error body
     ctx            with fail-400: OpenAI code ``context_length_exceeded``
@@ -56,6 +58,7 @@ from aiohttp import web
 
 from tollhouse.accounting.tokens import estimate_input_tokens, estimate_prompt_tokens
 from tollhouse.accounting.usage import Usage
+from tollhouse.providers.mock import Behaviour, parse_behaviour
 
 try:  # uvloop makes the mock several times cheaper than the gateway it is measuring
     import uvloop
@@ -194,57 +197,6 @@ class Ledger:
     def reset(self) -> None:
         with self._lock:
             self._records.clear()
-
-
-@dataclass(frozen=True, slots=True)
-class Behaviour:
-    """What the ``model`` string asks the mock to do (see the module docstring)."""
-
-    fail: int | None = None
-    ctx: bool = False
-    delay_ms: int | None = None
-    chunk_delay_ms: int = 0
-    hang: bool = False
-    hang_after: int | None = None
-    drop_after: int | None = None
-    malformed: bool = False
-    cache: bool = False
-    reason: int = 0
-    length: bool = False
-
-
-@lru_cache(maxsize=4096)
-def parse_behaviour(model: str) -> Behaviour:
-    """Parse the behaviour tokens out of a model name; unknown tokens are ignored.
-
-    Cached, because the benchmark sends the same model name tens of thousands of times.
-    """
-    parts = model.split("-")
-    found: dict[str, Any] = {}
-
-    def number(i: int) -> int | None:
-        return int(parts[i]) if i < len(parts) and parts[i].isdigit() else None
-
-    i = 0
-    while i < len(parts):
-        part = parts[i]
-        if part in ("fail", "delay", "chunkdelay", "reason") and number(i + 1) is not None:
-            key = {"fail": "fail", "delay": "delay_ms", "chunkdelay": "chunk_delay_ms"}.get(
-                part, "reason"
-            )
-            found[key] = number(i + 1)
-            i += 2
-            continue
-        if part in ("hang", "drop") and i + 1 < len(parts) and parts[i + 1] == "after":
-            count = number(i + 2)
-            if count is not None:
-                found["hang_after" if part == "hang" else "drop_after"] = count
-                i += 3
-                continue
-        if part in ("hang", "malformed", "cache", "ctx", "length"):
-            found[part] = True
-        i += 1
-    return Behaviour(**found)
 
 
 def output_tokens(body: dict[str, Any]) -> int:
@@ -542,7 +494,7 @@ class MockServer:
         if error is not None:
             return error
         cached = prompt // 2 if behaviour.cache else 0
-        reasoning = min(behaviour.reason, n_out)
+        reasoning = min(behaviour.reasoning, n_out)
         record.cached_input, record.reasoning = cached, reasoning
         usage = {
             "prompt_tokens": prompt,

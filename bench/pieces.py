@@ -17,6 +17,7 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -92,10 +93,45 @@ async def run(requests: int) -> None:
                     spent[k] += t[k + 1] - t[k]
                 if i % 50 == 49:  # let the ledger writer and the access log drain, as in service
                     await asyncio.sleep(0.001)
+            sinks = await _sinks_apart(gw, requests)
     print(f"{requests} requests, warm, µs per request:")
     for name, total in zip(PIECES, spent, strict=True):
         print(f"  {name:26} {total / requests / 1000:6.2f}")
     print(f"  {'all':26} {sum(spent) / requests / 1000:6.2f}")
+    print("the sinks apart (the same event each time):")
+    for name, us in sinks.items():
+        print(f"  {name:26} {us:6.2f}")
+
+
+async def _sinks_apart(gw: Any, requests: int) -> dict[str, float]:
+    """µs per request of building the event and of each sink, timed one by one."""
+    from tollhouse.proxy.context import RequestContext
+
+    ctx = RequestContext.begin("pieces-apart", "chat")
+    ctx.principal = await gw.auth.authenticate(HEADERS)
+    ctx.stream = False
+    gw.route(ctx, "bench-model")
+    assert ctx.group is not None
+    dep = ctx.deployment = ctx.group.deployments[0]
+    parsed = dep.adapter.parse_chat(ANSWER, dep.target)
+    assert parsed.usage is not None
+    ctx.charge(parsed.usage)
+    ctx.status = 200
+    ns = time.perf_counter_ns
+    t0 = ns()
+    for _ in range(requests):
+        event = ctx.finish(gw.prices)
+    out = {"event (ctx.finish)": (ns() - t0) / requests / 1000}
+    for sink in gw.sinks._sinks:
+        spent = 0
+        for i in range(requests):
+            t0 = ns()
+            sink(event)
+            spent += ns() - t0
+            if i % 50 == 49:
+                await asyncio.sleep(0.001)  # the ledger writer and access log drain
+        out[f"sink {sink.name}"] = spent / requests / 1000
+    return out
 
 
 def main() -> None:

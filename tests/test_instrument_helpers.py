@@ -164,7 +164,7 @@ def add_responses_route(up: MockUpstream) -> None:
             return error
         cached = prompt // 2 if behaviour.cache else 0
         record.cached_input = cached
-        record.reasoning = reasoning = min(behaviour.reason, n_out)
+        record.reasoning = reasoning = min(behaviour.reasoning, n_out)
         usage = {
             "input_tokens": prompt,
             "input_tokens_details": {"cached_tokens": cached},

@@ -7,7 +7,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, mock_config, run_gateway
 
 MSG = [{"role": "user", "content": "the quick brown fox"}]
 # estimate: ceil(19 chars / 4) = 5, plus 3 per message
@@ -147,6 +147,32 @@ def test_upstream_429_reaches_sdk_as_rate_limit_error(mock_gateway: RunningGatew
         )
         == 1
     )
+
+
+def test_mock_context_length_error_and_length_finish() -> None:
+    """The built-in mock's ``ctx`` and ``length`` tokens (the grammar the HTTP test mock
+    shares): a context-length 400 the gateway classifies, and a cut-off answer."""
+    config = mock_config()
+    config["models"] += [
+        {"name": "too-long", "backend": "mock", "model": "fail-400-ctx"},
+        {"name": "cut", "backend": "mock", "model": "echo-length"},
+    ]
+    with run_gateway(config) as gw, client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(model="too-long", messages=MSG)  # type: ignore[arg-type]
+        assert info.value.code == "context_length_exceeded"
+        out = c.chat.completions.create(model="cut", messages=MSG, max_tokens=2)  # type: ignore[arg-type]
+        assert (out.choices[0].finish_reason, out.choices[0].message.content) == (
+            "length",
+            "the quick",
+        )
+        chunks = list(
+            c.chat.completions.create(model="cut", messages=MSG, max_tokens=2, stream=True)
+        )  # type: ignore[arg-type]
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+        gw.wait_events(3)
+        labels = {"model": "too-long", "backend": "mock", "provider": "mock"}
+        assert gw.metric("llm_errors_total", **labels, error_type="context_length") == 1
 
 
 def test_request_id_is_echoed_and_overhead_reported(mock_gateway: RunningGateway) -> None:

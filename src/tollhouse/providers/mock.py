@@ -5,6 +5,7 @@ tests are one-liners: the behaviour is chosen by the upstream model id, a list
 of dash-separated tokens in any order:
 
 ``fail-NNN``        answer HTTP NNN with an OpenAI error body (429 adds ``retry-after: 1``)
+``ctx``             with ``fail-400``: the error is OpenAI's ``context_length_exceeded``
 ``delay-N``         wait N ms before answering
 ``chunkdelay-N``    wait N ms between stream chunks
 ``hang``            never answer: the backend's ``read`` timeout fires
@@ -13,12 +14,16 @@ of dash-separated tokens in any order:
 ``malformed``       answer 200 with a body that is not JSON
 ``cache``           report half the prompt as cached input tokens
 ``reason-N``        report N of the output tokens as reasoning tokens
+``length``          finish with ``length`` (the answer was cut at ``max_tokens``), not ``stop``
 ``embed``           nothing special; any mock model also serves embeddings
 
 Token counts are deterministic: the prompt is counted with the gateway's
 documented estimator, and the answer has ``max_tokens`` words (one token per
 word, one word per stream chunk), or as many words as the last user message
 when ``max_tokens`` is absent. The answer echoes the user's words.
+
+The same grammar drives ``bench/mock_upstream.py``, the HTTP mock the tests and the
+benchmark use, so a model name means one thing to both mocks.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -42,8 +48,12 @@ MAX_WORDS = 4096
 
 @dataclass(frozen=True, slots=True)
 class Behaviour:
+    """What a model id asks a mock to do. ``delay_ms`` is ``None`` when the id names
+    no delay, so the HTTP mock can fall back to its own default."""
+
     fail: int | None = None
-    delay_ms: int = 0
+    ctx: bool = False
+    delay_ms: int | None = None
     chunk_delay_ms: int = 0
     hang: bool = False
     hang_after: int | None = None
@@ -51,6 +61,7 @@ class Behaviour:
     malformed: bool = False
     cache: bool = False
     reasoning: int = 0
+    length: bool = False
 
 
 _NUMERIC = {
@@ -59,10 +70,15 @@ _NUMERIC = {
     "chunkdelay": "chunk_delay_ms",
     "reason": "reasoning",
 }
+_FLAGS = frozenset(("ctx", "hang", "malformed", "cache", "length"))
 
 
+@lru_cache(maxsize=4096)
 def parse_behaviour(model: str) -> Behaviour:
-    """Read the behaviour tokens out of a mock model id (unknown words are ignored)."""
+    """Read the behaviour tokens out of a mock model id (unknown words are ignored).
+
+    Cached: a benchmark or a busy default install sends the same few ids over and over.
+    """
     words = model.lower().split("-")
     opts: dict[str, Any] = {}
     i = 0
@@ -76,11 +92,14 @@ def parse_behaviour(model: str) -> Behaviour:
             opts["hang_after" if word == "hang" else "drop_after"] = int(after)
             i += 3
         else:
-            opts.update({"hang": True} if word == "hang" else {})
-            opts.update({"malformed": True} if word == "malformed" else {})
-            opts.update({"cache": True} if word == "cache" else {})
+            if word in _FLAGS:
+                opts[word] = True
             i += 1
     return Behaviour(**opts)
+
+
+def finish(how: Behaviour) -> str:
+    return "length" if how.length else "stop"
 
 
 def answer_words(body: Mapping[str, Any]) -> list[str]:
@@ -159,7 +178,7 @@ class MockTransport:
         if how.delay_ms:
             await asyncio.sleep(how.delay_ms / 1000)
         if how.fail:
-            return self._failure(how.fail)
+            return self._failure(how.fail, how.ctx)
         if how.malformed:
             return MockResponse(
                 200,
@@ -170,14 +189,16 @@ class MockTransport:
             return self._embeddings(body, model)
         return self._chat(body, model, how, request.stream)
 
-    def _failure(self, status: int) -> MockResponse:
+    def _failure(self, status: int, ctx: bool) -> MockResponse:
         headers = self._headers()
         if status == 429:
             headers["retry-after"] = "1"
-        kind = "rate_limit_exceeded" if status == 429 else "mock_failure"
-        error = {
-            "error": {"message": f"mock upstream failed with {status}", "type": kind, "code": kind}
-        }
+        kind = code = "rate_limit_exceeded" if status == 429 else "mock_failure"
+        message = f"mock upstream failed with {status}"
+        if status == 400 and ctx:  # OpenAI's shape for this error
+            kind, code = "invalid_request_error", "context_length_exceeded"
+            message = "This model's maximum context length is 4096 tokens (mock)."
+        error = {"error": {"message": message, "type": kind, "code": code}}
         return MockResponse(status, headers, orjson.dumps(error))
 
     def _usage(self, body: Mapping[str, Any], how: Behaviour, output: int) -> dict[str, Any]:
@@ -224,7 +245,7 @@ class MockTransport:
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish(how)}],
                 "usage": usage,
             }
             return MockResponse(200, self._headers(), orjson.dumps(payload))
@@ -254,7 +275,7 @@ class MockTransport:
                 await asyncio.sleep(how.chunk_delay_ms / 1000)
             yield chunk({"content": word if i == 0 else " " + word})
             yield b""
-        yield chunk({}, "stop")
+        yield chunk({}, finish(how))
         yield b""
         if usage is not None:
             yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage})
