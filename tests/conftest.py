@@ -240,6 +240,11 @@ def limits_config(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     need(redis_available(), "Redis is not reachable at 127.0.0.1:6379")
     prefix = f"tollhouse-test-{uuid.uuid4().hex[:8]}:"
     yield {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0", "redis_prefix": prefix}
+    delete_redis_prefix(prefix)
+
+
+def delete_redis_prefix(prefix: str) -> None:
+    """Remove every key a test's gateway wrote under its own Redis prefix."""
 
     async def cleanup() -> None:
         import redis.asyncio as aioredis

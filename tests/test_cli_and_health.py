@@ -111,6 +111,18 @@ def test_serve_refuses_an_invalid_config(tmp_path: Any) -> None:
     assert "bogus: unknown field" in result.stderr
 
 
+def test_serve_refuses_several_workers_with_memory_counters() -> None:
+    """Each worker would keep its own copy of every budget and limit: refused, with the fix;
+    a worker count below one is refused by the argument parser."""
+    serve = [sys.executable, "-m", "tollhouse.cli", "serve", "--port", "0", "--workers"]
+    result = subprocess.run([*serve, "3"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--workers 3 needs limits.backend: redis" in result.stderr
+    assert "up to 3 times a budget" in result.stderr
+    result = subprocess.run([*serve, "0"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "must be at least 1" in result.stderr
+
+
 async def test_readiness_follows_the_lifespan() -> None:
     """Before start-up (or after shutdown) the gateway is live but not ready."""
     app = App(load_config(None))

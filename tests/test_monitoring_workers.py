@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -22,7 +23,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import mock_config, run_sync
+from tests.conftest import delete_redis_prefix, mock_config, need, redis_available, run_sync
 from tests.gateway_process import free_port
 from tollhouse.store.engine import Store
 from tollhouse.store.ledger import LedgerRepo
@@ -32,9 +33,14 @@ BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi there"}], 
 
 @contextmanager
 def workers(tmp_path: Path, n: int) -> Iterator[tuple[str, Path]]:
-    """``tollhouse serve --workers n`` as a real process; yields its URL and metrics dir."""
+    """``tollhouse serve --workers n`` as a real process; yields its URL and metrics dir.
+
+    Several workers need shared counters (``serve`` refuses memory ones), so Redis."""
+    need(redis_available(), "Redis is not reachable at 127.0.0.1:6379")
     cfg = mock_config(access_log=False)
     cfg["auth"] = {"required": False}
+    prefix = f"tollhouse-test-{uuid.uuid4().hex[:8]}:"
+    cfg["limits"] = {"backend": "redis", "redis_prefix": prefix}
     cfg["store"] = {"url": f"sqlite+aiosqlite:///{tmp_path}/store.db"}
     cfg["ledger"] = {"flush_interval": 0.05}
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(cfg))
@@ -67,6 +73,7 @@ def workers(tmp_path: Path, n: int) -> Iterator[tuple[str, Path]]:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         log.close()
+        delete_redis_prefix(prefix)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

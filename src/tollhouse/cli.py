@@ -41,6 +41,23 @@ def _configure_logging(level: str, access_log: bool) -> None:
     )
 
 
+# Budgets and rate limits are exact only when every worker counts in the same place:
+# memory counters would give each worker its own copy of every budget and limit.
+_SHARED_COUNTERS = (
+    "tollhouse: --workers {n} needs limits.backend: redis. With memory counters each worker "
+    "keeps its own budgets and rate limits, so together the workers could let through up to "
+    "{n} times a budget or limit. Set limits.backend: redis in the config (shared counters), "
+    "or serve with one worker."
+)
+
+
+def _workers(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -51,6 +68,9 @@ def _serve(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as err:
         _print_problems(err)
+        return 2
+    if args.workers > 1 and config.limits.backend == "memory":
+        print(_SHARED_COUNTERS.format(n=args.workers), file=sys.stderr)
         return 2
     server = config.server
     _configure_logging(server.log_level, server.access_log)
@@ -146,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: server.port, 4000)")
     serve.add_argument(
-        "--workers", type=int, default=1, metavar="N",
-        help="worker processes (default 1); /metrics merges them (docs/monitoring.md)",
+        "--workers", type=_workers, default=1, metavar="N",
+        help="worker processes (default 1; more need limits.backend: redis); /metrics merges "
+        "them (docs/monitoring.md)",
     )  # fmt: skip
     serve.set_defaults(func=_serve)
     check = sub.add_parser("check-config", help="validate a config file and explain what is wrong")
