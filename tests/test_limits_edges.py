@@ -77,10 +77,10 @@ def test_end_user_spend_is_recovered_after_a_restart(tmp_path: Path) -> None:
         assert [post(http, None, user="eve").status_code for _ in range(2)] == [200, 429]
 
 
-def test_an_end_users_own_budget_is_recovered_after_a_restart(tmp_path: Path) -> None:
+def test_an_end_users_own_budget_is_recovered_after_a_restart(store_url: str) -> None:
     """``end-users set`` budgets are rebuilt from the ledger too, with no default end-user
     budget in the config to rebuild a counter for that end user."""
-    url = f"sqlite+aiosqlite:///{tmp_path}/s.db"
+    url = store_url
     own = LimitsInput(max_budget_usd=COST * Decimal("2.5"), budget_period="daily")
     manage(url, lambda m: m.set_end_user("eve", own))
     config = mock_config()
