@@ -22,6 +22,7 @@ from tollhouse.accounting.usage import Usage
 from tollhouse.config.schema import LedgerConfig
 from tollhouse.errors import ErrorType
 from tollhouse.store import LedgerRepo, Store
+from tollhouse.store.ledger import CHUNK_ROWS
 from tollhouse.store.tables import LEDGER_COLUMNS, ledger
 
 EVENT = UsageEvent(
@@ -253,6 +254,38 @@ async def test_sqlite_stores_the_time_exactly_as_sqlalchemy_core_would(tmp_path:
     for i in range(len(times)):
         assert stored[f"fast-{i}"] == stored[f"core-{i}"]
     assert stored["fast-0"] == "2026-01-01 00:00:00.000000"
+
+
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 200])
+async def test_rows_go_many_to_a_statement_and_all_arrive_in_order(
+    store: Store, count: int
+) -> None:
+    """On SQLite, rows go CHUNK_ROWS to an INSERT: the driver's thread would otherwise
+    trade the GIL with the event loop once per row. On both stores every row arrives whole,
+    in order, across the chunks' edges."""
+    sent: list[int] = []  # rows per statement execution
+
+    def seen(*args: Any) -> None:
+        statement, parameters, executemany = args[2], args[3], args[5]
+        if statement.startswith("INSERT INTO"):
+            width = len(LEDGER_COLUMNS)
+            sets = parameters if executemany else [parameters]
+            sent.extend(len(p) // width for p in sets)
+
+    sa.event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
+    rows = [event_row(replace(EVENT, request_id=f"r{i}", status=200 + i % 7)) for i in range(count)]
+    await LedgerRepo(store.engine).insert(rows)
+    async with store.engine.connect() as conn:
+        got = (
+            await conn.execute(
+                sa.select(ledger.c.request_id, ledger.c.status).order_by(ledger.c.id)
+            )
+        ).all()
+    assert [tuple(r) for r in got] == [(f"r{i}", 200 + i % 7) for i in range(count)]
+    assert sum(sent) == count
+    if store.engine.dialect.name == "sqlite":
+        chunk = min(CHUNK_ROWS, count)
+        assert sent == [chunk] * (count // chunk) + ([count % chunk] if count % chunk else [])
 
 
 async def test_an_outage_delays_rows_but_loses_none(

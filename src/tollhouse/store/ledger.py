@@ -6,8 +6,12 @@ only knows SQL. Costs are integer pico-USD (see ``tables``).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
+from functools import cache
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Literal, get_args
 
@@ -30,6 +34,25 @@ _values = itemgetter(*_COLUMNS)  # a row dict's values in column order, in one C
 _TS = _COLUMNS.index("ts")
 
 
+# Rows per SQLite INSERT statement. Each SQLite connection keeps its prepared statements
+# (128), and a batch's last statement has its own row count: 64 texts of at most 64 rows
+# are a few MB at most, where 512 would be hundreds.
+CHUNK_ROWS = 64
+
+
+@cache
+def _chunk() -> int:
+    """CHUNK_ROWS, or fewer if this SQLite build binds fewer values per statement
+    (999 before SQLite 3.32)."""
+    with closing(sqlite3.connect(":memory:")) as probe:
+        limit = probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return max(1, min(CHUNK_ROWS, limit // len(_COLUMNS)))
+
+
+def _flat(rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    return tuple(chain.from_iterable(rows))
+
+
 def _sqlite_ts(value: Any) -> Any:
     """SQLAlchemy's SQLite DATETIME storage format: naive UTC, always with microseconds."""
     if isinstance(value, datetime):
@@ -41,7 +64,7 @@ def _sqlite_ts(value: Any) -> Any:
 class LedgerRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._sql: str | None = None
+        self._sql: dict[int, str] = {}
 
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append ``rows`` in one transaction: all are written or none is.
@@ -57,25 +80,44 @@ class LedgerRepo:
         if not rows:
             return
         params: list[tuple[Any, ...]] = [_values(row) for row in rows]
-        if self._engine.dialect.name == "sqlite":
-            at = _TS
-            params = [(*p[:at], _sqlite_ts(p[at]), *p[at + 1 :]) for p in params]
+        if self._engine.dialect.name != "sqlite":
+            async with self._engine.begin() as conn:
+                await conn.exec_driver_sql(self._insert_sql(1), params)
+            return
+        at = _TS
+        params = [(*p[:at], _sqlite_ts(p[at]), *p[at + 1 :]) for p in params]
+        # SQLite runs in a driver thread that takes the GIL back after each statement, and
+        # each await hands work to that thread and back. A statement per row passes the
+        # GIL to and fro with the event loop once per row, each pass waiting for the loop
+        # under load (a 500-row batch took 0.5 s next to a busy loop; bench/flush_bench.py).
+        # So rows go CHUNK_ROWS to a statement, the chunks in one executemany and the rest
+        # in one more statement: two hand-offs a batch.
+        size = _chunk()
+        full = len(params) - len(params) % size
         async with self._engine.begin() as conn:
-            await conn.exec_driver_sql(self._insert_sql(), params)
+            if full:
+                chunks = [_flat(params[i : i + size]) for i in range(0, full, size)]
+                await conn.exec_driver_sql(self._insert_sql(size), chunks)
+            if full < len(params):
+                rest = params[full:]
+                await conn.exec_driver_sql(self._insert_sql(len(rest)), _flat(rest))
 
-    def _insert_sql(self) -> str:
-        if self._sql is None:
+    def _insert_sql(self, rows: int) -> str:
+        """``INSERT`` of ``rows`` rows, its text kept per row count (at most ``_chunk()``)."""
+        sql = self._sql.get(rows)
+        if sql is None:
             dialect = self._engine.dialect
-            if dialect.paramstyle == "qmark":
-                marks = ", ".join("?" for _ in _COLUMNS)
-            elif dialect.paramstyle == "numeric_dollar":
-                marks = ", ".join(f"${i + 1}" for i in range(len(_COLUMNS)))
+            n = len(_COLUMNS)
+            if dialect.paramstyle == "numeric_dollar":
+                groups = [", ".join(f"${r * n + i + 1}" for i in range(n)) for r in range(rows)]
             else:
-                marks = ", ".join("%s" for _ in _COLUMNS)
+                mark = "?" if dialect.paramstyle == "qmark" else "%s"
+                groups = [", ".join([mark] * n)] * rows
             quote = dialect.identifier_preparer.quote
             names = ", ".join(quote(c) for c in _COLUMNS)
-            self._sql = f"INSERT INTO {quote(ledger.name)} ({names}) VALUES ({marks})"
-        return self._sql
+            values = ", ".join(f"({g})" for g in groups)
+            sql = self._sql[rows] = f"INSERT INTO {quote(ledger.name)} ({names}) VALUES {values}"
+        return sql
 
     async def count_rows(self) -> int:
         async with self._engine.connect() as conn:
