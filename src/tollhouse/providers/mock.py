@@ -98,7 +98,7 @@ def parse_behaviour(model: str) -> Behaviour:
     return Behaviour(**opts)
 
 
-def finish(how: Behaviour) -> str:
+def _finish_reason(how: Behaviour) -> str:
     return "length" if how.length else "stop"
 
 
@@ -245,7 +245,7 @@ class MockTransport:
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish(how)}],
+                "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(how)}],
                 "usage": usage,
             }
             return MockResponse(200, self._headers(), orjson.dumps(payload))
@@ -275,7 +275,7 @@ class MockTransport:
                 await asyncio.sleep(how.chunk_delay_ms / 1000)
             yield chunk({"content": word if i == 0 else " " + word})
             yield b""
-        yield chunk({}, finish(how))
+        yield chunk({}, _finish_reason(how))
         yield b""
         if usage is not None:
             yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage})
