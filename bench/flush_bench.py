@@ -20,48 +20,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import resource
 import tempfile
 import time
-from dataclasses import replace
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import uvloop
 
-from tollhouse.accounting.event import Outcome, TokenSource, UsageEvent
-from tollhouse.accounting.ledger import event_row
-from tollhouse.accounting.usage import Usage
+from bench.fold_bench import ledger_row
 from tollhouse.store.engine import Store
 from tollhouse.store.ledger import LedgerRepo
 from tollhouse.store.migrate import migrate
-
-EVENT = UsageEvent(
-    request_id="flush-0",
-    started_at=datetime(2026, 12, 3, tzinfo=UTC).timestamp(),
-    operation="chat",
-    model="bench-model",
-    backend="mock-upstream",
-    provider="openai",
-    upstream_model="bench-model",
-    key="anonymous",
-    team="none",
-    user="none",
-    end_user="none",
-    stream=False,
-    outcome=Outcome.SUCCESS,
-    status=200,
-    error_type=None,
-    usage=Usage(input=13, output=16),
-    token_source=TokenSource.REPORTED,
-    cost=Decimal("0.000045"),
-    price_source="config",
-    duration=0.0012,
-    upstream_duration=0.0004,
-    overhead=0.0008,
-    ttft=None,
-)
 
 
 async def run(rows: int, seconds: float, busy_us: float, idle_us: float) -> None:
@@ -70,7 +40,8 @@ async def run(rows: int, seconds: float, busy_us: float, idle_us: float) -> None
         await migrate(url)
         async with Store(url) as store:
             repo = LedgerRepo(store.engine)
-            batch = [event_row(replace(EVENT, request_id=f"flush-{i}")) for i in range(rows)]
+            rng = random.Random(7)
+            batch = [ledger_row(i, rng) for i in range(rows)]
             await repo.insert(batch)  # warm: statements prepared, pages allocated
             done = 0
             stop = asyncio.Event()

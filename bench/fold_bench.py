@@ -26,7 +26,8 @@ from tollhouse.store.engine import Store
 from tollhouse.store.migrate import migrate
 
 
-def _row(i: int, rng: random.Random) -> dict[str, Any]:
+def ledger_row(i: int, rng: random.Random) -> dict[str, Any]:
+    """A plausible ledger row (also the flush benchmark's)."""
     outcome = rng.choice(["success", "success", "error"])
     return {
         "request_id": f"r{i}", "ts": datetime.now(UTC), "operation": "chat",
@@ -51,7 +52,7 @@ async def run(rows: int, folds: int) -> None:
         async with Store(url) as store:
             folder = Folder(store.engine, interval=3600, settle=10.0)
             for n in range(folds):
-                await store.ledger.insert([_row(n * rows + i, rng) for i in range(rows)])
+                await store.ledger.insert([ledger_row(n * rows + i, rng) for i in range(rows)])
                 cpu_0, wall_0 = time.thread_time(), time.perf_counter()
                 await folder.fold_once()
                 cpu.append(time.thread_time() - cpu_0)
