@@ -288,6 +288,57 @@ async def test_rows_go_many_to_a_statement_and_all_arrive_in_order(
         assert sent == [chunk] * (count // chunk) + ([count % chunk] if count % chunk else [])
 
 
+async def test_a_batch_is_made_in_slices_so_requests_are_served_meanwhile(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Turning a 500-row batch into rows and SQL parameters is milliseconds of Python on the
+    event loop; done at once, every request arriving meanwhile waits it out (a p99 stall).
+    The writer and the store yield to the loop between slices of at most 64 rows, so a
+    ticking task runs between them, and the rows still arrive whole and in order."""
+    from tollhouse.accounting import ledger as writer_module
+    from tollhouse.store import ledger as store_module
+
+    ticks = 0
+    stretches: list[tuple[str, int]] = []  # (what, the tick it ran at), one per row
+
+    def ticking_row(event: UsageEvent) -> dict[str, Any]:
+        stretches.append(("row", ticks))
+        return event_row(event)
+
+    real_params = store_module._sqlite_params
+
+    def ticking_params(rows: Sequence[Any]) -> tuple[Any, ...]:
+        stretches.extend(("params", ticks) for _ in rows)
+        return real_params(rows)
+
+    monkeypatch.setattr(writer_module, "event_row", ticking_row)
+    monkeypatch.setattr(store_module, "_sqlite_params", ticking_params)
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    writer, repo = writer_for(store, batch_size=500, flush_interval=3600)
+    ticking = asyncio.create_task(ticker())
+    await writer.start()
+    for i in range(500):
+        writer(replace(EVENT, request_id=f"s{i}"))
+    await until(lambda: writer.written_total == 500)
+    await writer.stop()
+    ticking.cancel()
+    for what in ("row", "params") if store.engine.dialect.name == "sqlite" else ("row",):
+        at = [tick for kind, tick in stretches if kind == what]
+        assert len(at) == 500
+        runs = [at.count(tick) for tick in sorted(set(at))]
+        assert max(runs) <= 64 and len(runs) >= 8, (what, runs)
+    async with store.engine.connect() as conn:
+        got = (await conn.execute(sa.select(ledger.c.request_id).order_by(ledger.c.id))).all()
+    assert [r[0] for r in got] == [f"s{i}" for i in range(500)]
+    assert repo.batches == [500]
+
+
 async def test_an_outage_delays_rows_but_loses_none(
     store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -6,12 +6,12 @@ only knows SQL. Costs are integer pico-USD (see ``tables``).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from functools import cache
-from itertools import chain
 from operator import itemgetter
 from typing import Any, Literal, get_args
 
@@ -49,14 +49,22 @@ def _chunk() -> int:
     return max(1, min(CHUNK_ROWS, limit // len(_COLUMNS)))
 
 
-def _flat(rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
-    return tuple(chain.from_iterable(rows))
+def _sqlite_params(rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+    """One statement's parameters: each row's values in column order, flat, with the
+    timestamp as SQLite stores it."""
+    flat: list[Any] = []
+    for row in rows:
+        values = _values(row)
+        flat.extend(values[:_TS])
+        flat.append(_sqlite_ts(values[_TS]))
+        flat.extend(values[_TS + 1 :])
+    return tuple(flat)
 
 
 def _sqlite_ts(value: Any) -> Any:
     """SQLAlchemy's SQLite DATETIME storage format: naive UTC, always with microseconds."""
     if isinstance(value, datetime):
-        naive = value.astimezone(UTC).replace(tzinfo=None)
+        naive = (value if value.tzinfo is UTC else value.astimezone(UTC)).replace(tzinfo=None)
         return naive.isoformat(sep=" ", timespec="microseconds")
     return value
 
@@ -79,28 +87,31 @@ class LedgerRepo:
         """
         if not rows:
             return
-        params: list[tuple[Any, ...]] = [_values(row) for row in rows]
         if self._engine.dialect.name != "sqlite":
+            params = [_values(row) for row in rows]
             async with self._engine.begin() as conn:
                 await conn.exec_driver_sql(self._insert_sql(1), params)
             return
-        at = _TS
-        params = [(*p[:at], _sqlite_ts(p[at]), *p[at + 1 :]) for p in params]
         # SQLite runs in a driver thread that takes the GIL back after each statement, and
         # each await hands work to that thread and back. A statement per row passes the
         # GIL to and fro with the event loop once per row, each pass waiting for the loop
         # under load (a 500-row batch took 0.5 s next to a busy loop; bench/flush_bench.py).
         # So rows go CHUNK_ROWS to a statement, the chunks in one executemany and the rest
-        # in one more statement: two hand-offs a batch.
+        # in one more statement: two hand-offs a batch. Each chunk's parameters are made
+        # between yields to the loop, before the transaction opens: a whole batch at once
+        # would hold the loop for milliseconds (bench/stall_bench.py).
         size = _chunk()
-        full = len(params) - len(params) % size
+        chunks: list[tuple[Any, ...]] = []
+        for start in range(0, len(rows), size):
+            if start:
+                await asyncio.sleep(0)
+            chunks.append(_sqlite_params(rows[start : start + size]))
+        rest = len(rows) % size
         async with self._engine.begin() as conn:
-            if full:
-                chunks = [_flat(params[i : i + size]) for i in range(0, full, size)]
-                await conn.exec_driver_sql(self._insert_sql(size), chunks)
-            if full < len(params):
-                rest = params[full:]
-                await conn.exec_driver_sql(self._insert_sql(len(rest)), _flat(rest))
+            if len(rows) >= size:
+                await conn.exec_driver_sql(self._insert_sql(size), chunks[: len(rows) // size])
+            if rest:
+                await conn.exec_driver_sql(self._insert_sql(rest), chunks[-1])
 
     def _insert_sql(self, rows: int) -> str:
         """``INSERT`` of ``rows`` rows, its text kept per row count (at most ``_chunk()``)."""
