@@ -39,7 +39,12 @@ class Folder:
         self.last_error: str | None = None
         self.folded_total = 0
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Prepare the fold's statements (off the serving path), then fold in the background."""
+        try:
+            await rollup.prepare(self._engine)
+        except Exception as err:  # only an optimisation: the first fold compiles them then
+            log.warning("rollup_prepare_failed error=%s", type(err).__name__)
         self._task = asyncio.create_task(self._run(), name="rollup-folder")
 
     async def stop(self) -> None:

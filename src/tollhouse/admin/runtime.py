@@ -45,7 +45,7 @@ class AdminRuntime:
         self.lag = LagProbe(self.settings.lag_interval, self.metrics.loop_lag.set)
 
     async def start(self) -> None:
-        self.folder.start()
+        await self.folder.start()
         self.lag.start()
 
     async def stop(self) -> None:
