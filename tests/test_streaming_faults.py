@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import httpx
 import openai
 import orjson
 import pytest
 
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, mock_config, run_gateway
 
 MSG = [{"role": "user", "content": "one two three"}]
 PROMPT = 4 + 3  # ceil(13 / 4) + 3
@@ -110,6 +111,37 @@ def test_client_disconnect_cancels_stream_and_records_tokens_so_far(
         )
         == 1
     )
+
+
+def test_a_client_leaving_before_the_first_chunk_cancels_the_upstream_call_at_once() -> None:
+    """An upstream slow to start its stream (a reasoning model can think for minutes): the
+    client gives up after 0.3 s. The upstream call is cancelled then, not when its first
+    chunk would have come 5 s later, and the request is recorded as cancelled (499, nothing
+    was sent) with its prompt charged as an estimate: it was sent, so it may be billed."""
+    config = mock_config()
+    config["backends"][0]["timeouts"] = {"read": 30.0, "stream_idle": 30.0}
+    config["models"].append({"name": "thinking", "backend": "mock", "model": "echo-delay-5000"})
+    with run_gateway(config) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        body = orjson.dumps({"model": "thinking", "messages": MSG, "stream": True})
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                + f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.3)
+        left = time.monotonic()
+        event = gw.wait_events(1, timeout=10)[0]
+        assert time.monotonic() - left < 2.5  # the old watch began with the first byte: 4.7 s
+        assert event.duration < 2.5
+        assert event.outcome.value == "cancelled" and event.status == 499
+        assert event.error_type is not None and event.error_type.value == "cancelled"
+        assert (event.usage.input, event.usage.output) == (PROMPT, 0)
+        assert event.token_source.value == "estimated"
+        labels = {"model": "thinking", "backend": "mock", "provider": "mock", "key": "anonymous"}
+        cancelled = {"team": "none", "outcome": "cancelled", "status_class": "4xx"}
+        assert gw.metric("llm_requests_total", **labels, **cancelled) == 1
 
 
 async def test_gateway_keeps_serving_while_streams_are_cancelled(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+from tollhouse.accounting.event import Outcome
 from tollhouse.accounting.tokens import estimate_prompt_tokens
 from tollhouse.accounting.usage import Usage
 from tollhouse.cache import strip_flag
@@ -78,20 +79,13 @@ async def _stream(
     send: Any,
     tap: list[bytes] | None = None,
 ) -> Usage | None:
-    """Relay one upstream stream; return its reported usage when it completed (for the cache)."""
-    started = perf()
-    resp = await dep.transport.send(request)
-    ctx.waited += perf() - started
-    ctx.ratelimit = dep.adapter.rate_limits(resp.headers)
-    if resp.status >= 400:
-        try:
-            payload = await resp.read()
-        finally:
-            await resp.aclose()
-        ctx.upstream_duration = perf() - started
-        raise dep.adapter.classify(resp.status, payload, resp.headers)
-    translator = dep.adapter.chat_stream(dep.target, client_wants_usage=params.wants_usage)
-    relay = _Relay(ctx, translator, send, tap)
+    """Relay one upstream stream; return its reported usage when it completed (for the cache).
+
+    The client is watched from the moment the upstream call starts, not from its first
+    byte: a client that leaves while the upstream is still working towards its first
+    chunk (a reasoning model can take minutes) cancels the call then. Starting the watch
+    before the call also keeps its first step off the path of the first chunk.
+    """
     task = asyncio.current_task()
     assert task is not None
 
@@ -100,17 +94,29 @@ async def _stream(
 
     watcher = asyncio.create_task(_client_gone(receive))
     watcher.add_done_callback(on_client_gone)
+    started = perf()
+    resp: UpstreamResponse | None = None
+    translator: StreamTranslator | None = None
+    relay: _Relay | None = None
     complete = False
     try:
+        resp = await dep.transport.send(request)
+        ctx.waited += perf() - started
+        ctx.ratelimit = dep.adapter.rate_limits(resp.headers)
+        if resp.status >= 400:
+            payload = await resp.read()
+            raise dep.adapter.classify(resp.status, payload, resp.headers)
+        translator = dep.adapter.chat_stream(dep.target, client_wants_usage=params.wants_usage)
+        relay = _Relay(ctx, translator, send, tap)
         await relay.run(resp)
         complete = True
     except asyncio.CancelledError:
         if not watcher.done() or watcher.cancelled():
             raise  # the server is shutting down, not the client leaving
         task.uncancel()
-        ctx.cancel(200 if relay.started else 499)
+        ctx.cancel(200 if relay is not None and relay.started else 499)
     except UpstreamError as err:
-        if not relay.started:
+        if relay is None or not relay.started:
             raise  # nothing reached the client: routing may retry or fall back
         ctx.fail(UpstreamFailed.from_upstream(err))
         ctx.status = 200  # the headers already said 200; the error went in-stream
@@ -119,10 +125,13 @@ async def _stream(
         watcher.remove_done_callback(on_client_gone)
         watcher.cancel()
         ctx.upstream_duration = perf() - started
-        await resp.aclose()
-        _settle_usage(ctx, translator, params, complete)
-    await relay.end()
-    return translator.usage if complete else None
+        if resp is not None:
+            await resp.aclose()
+        if translator is not None or ctx.outcome is Outcome.CANCELLED:
+            _settle_usage(ctx, translator, params, complete)
+    if relay is not None:
+        await relay.end()
+    return translator.usage if complete and translator is not None else None
 
 
 async def _client_gone(receive: Any) -> None:
@@ -134,13 +143,19 @@ async def _client_gone(receive: Any) -> None:
 
 
 def _settle_usage(
-    ctx: RequestContext, t: StreamTranslator, params: validate.ChatParams, complete: bool
+    ctx: RequestContext, t: StreamTranslator | None, params: validate.ChatParams, complete: bool
 ) -> None:
     """Reported usage for complete streams; otherwise the best estimate, labelled as such.
 
     Once the upstream accepted the stream it has processed the prompt, so a
     stream that breaks or is cancelled is charged its prompt and the chunks seen.
+    A client that left before the upstream answered at all (``t`` is None) is
+    charged the prompt too: it was sent, and an upstream bills the work it started,
+    so budgets count it rather than risk letting spend through uncounted.
     """
+    if t is None:
+        ctx.estimated(Usage(input=estimate_prompt_tokens(params.messages)))
+        return
     if complete and t.usage is not None:
         ctx.charge(t.usage)
         return
