@@ -153,6 +153,34 @@ async def test_started_replicas_beat_and_sweep_by_themselves(prefix: str) -> Non
         assert await client.zrange(prefix + "replicas", 0, -1) == []
 
 
+async def test_closing_ends_the_heartbeat_even_when_a_cancellation_is_lost(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client library can turn a cancellation that arrives mid-command into its own
+    timeout error; the heartbeat loop took that for a failed beat and ran on, and
+    ``aclose`` waited for it forever (a hung shutdown; seen in CI). Every beat here
+    loses the cancellation that way: ``aclose`` still returns, and the loop stops."""
+    limits = replica(prefix, "stubborn", heartbeat=0.05)
+    lost = 0
+    beat = limits.beat
+
+    async def beat_losing_cancellations() -> None:
+        nonlocal lost
+        try:
+            await asyncio.sleep(0.2)  # a command in flight
+        except asyncio.CancelledError:
+            lost += 1
+            raise TimeoutError("a cancellation turned into a client timeout") from None
+        await beat()
+
+    monkeypatch.setattr(limits, "beat", beat_losing_cancellations)
+    await limits.start()
+    await asyncio.sleep(0.1)
+    await asyncio.wait_for(limits.aclose(), timeout=10)
+    assert lost >= 1
+    assert limits._maintainer is None
+
+
 async def test_large_amounts_go_through_the_lease_exactly(prefix: str) -> None:
     """Amounts the scripts compute (what a lease gives back) are written as integers: a
     Lua number would reach Redis as '1e+15' and fail, or round."""

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from tollhouse.accounting.event import UsageEvent
 from tollhouse.config.schema import LedgerConfig
 from tollhouse.store.ledger import LedgerRepo
+from tollhouse.tasks import cancel_and_wait
 
 log = logging.getLogger("tollhouse.ledger")
 
@@ -187,8 +188,7 @@ class LedgerWriter:
             task.cancel()  # stop() itself was cancelled: leave no writer running unowned
             raise
         if not done:
-            task.cancel()
-            await asyncio.wait({task})
+            await cancel_and_wait(task)
             log.error(
                 "ledger_rows_lost rows=%d timeout=%s: the database stayed unreachable "
                 "while stopping; these usage rows were not written",

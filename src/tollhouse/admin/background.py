@@ -7,7 +7,6 @@ lifespan). Neither can fail a request: errors are logged and retried.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tollhouse.store import rollup
+from tollhouse.tasks import cancel_and_wait
 
 log = logging.getLogger("tollhouse.admin")
 
@@ -50,9 +50,7 @@ class Folder:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def fold_once(self) -> int:
         """Fold what has settled; returns how many ids the watermark moved."""
@@ -104,9 +102,7 @@ class LagProbe:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -62,6 +62,7 @@ from tollhouse.limits.base import (
     Settlement,
 )
 from tollhouse.limits.memory import rate_deltas
+from tollhouse.tasks import cancel_and_wait
 
 log = logging.getLogger("tollhouse.limits")
 
@@ -232,6 +233,7 @@ class RedisLimits:
         self._heartbeat = heartbeat
         self._dead_after_ms = int(dead_after * 1000)
         self._maintainer: asyncio.Task[None] | None = None
+        self._closing = False
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
         self._seed = self._redis.register_script(_SEED)
@@ -246,7 +248,7 @@ class RedisLimits:
             self._maintainer = asyncio.create_task(self._maintain(), name="tollhouse-leases")
 
     async def _maintain(self) -> None:
-        while True:
+        while not self._closing:  # also ends the loop if a cancellation got lost mid-command
             try:
                 await self.beat()
                 await self.sweep()
@@ -332,11 +334,10 @@ class RedisLimits:
 
     async def aclose(self) -> None:
         """Stop beating; a replica that settled everything leaves no lease behind."""
-        if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintainer
-            self._maintainer = None
+        task, self._maintainer = self._maintainer, None
+        if task is not None:
+            self._closing = True
+            await cancel_and_wait(task)
             with contextlib.suppress(Exception):  # best effort: sweepers handle the rest
                 if not await self._redis.hlen(self._lease):
                     await self._redis.zrem(self._replicas, self.replica)

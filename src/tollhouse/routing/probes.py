@@ -10,7 +10,6 @@ scrape time (``llm_backend_up``); routing never imports metrics.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from tollhouse.config.schema import BackendConfig, Config
 from tollhouse.errors import UpstreamError
 from tollhouse.routing.router import Deployment, Router
+from tollhouse.tasks import cancel_and_wait
 
 log = logging.getLogger("tollhouse.routing")
 
@@ -82,6 +82,5 @@ class Prober:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
