@@ -103,11 +103,12 @@ async def run(requests: int) -> None:
         print(f"  {name:26} {us:6.2f}")
 
 
-async def _sinks_apart(gw: Any, requests: int) -> dict[str, float]:
-    """µs per request of building the event and of each sink, timed one by one."""
+async def served_context(gw: Any, request_id: str = "pieces-apart") -> Any:
+    """The context of one bench request served with the canned answer (no upstream):
+    what ``ctx.finish`` turns into the request's UsageEvent (also ``bench.stall_bench``'s)."""
     from tollhouse.proxy.context import RequestContext
 
-    ctx = RequestContext.begin("pieces-apart", "chat")
+    ctx = RequestContext.begin(request_id, "chat")
     ctx.principal = await gw.auth.authenticate(HEADERS)
     ctx.stream = False
     gw.route(ctx, "bench-model")
@@ -117,6 +118,12 @@ async def _sinks_apart(gw: Any, requests: int) -> dict[str, float]:
     assert parsed.usage is not None
     ctx.charge(parsed.usage)
     ctx.status = 200
+    return ctx
+
+
+async def _sinks_apart(gw: Any, requests: int) -> dict[str, float]:
+    """µs per request of building the event and of each sink, timed one by one."""
+    ctx = await served_context(gw)
     ns = time.perf_counter_ns
     t0 = ns()
     for _ in range(requests):

@@ -28,25 +28,8 @@ from typing import Any
 
 import uvloop
 
-from bench.pieces import ANSWER, HEADERS
+from bench.pieces import served_context
 from bench.run import GATEWAY_CONFIG
-
-
-async def _event(gw: Any) -> Any:
-    """One real event, as the bench request produces it."""
-    from tollhouse.proxy.context import RequestContext
-
-    ctx = RequestContext.begin("stall-0", "chat")
-    ctx.principal = await gw.auth.authenticate(HEADERS)
-    ctx.stream = False
-    gw.route(ctx, "bench-model")
-    assert ctx.group is not None
-    dep = ctx.deployment = ctx.group.deployments[0]
-    parsed = dep.adapter.parse_chat(ANSWER, dep.target)
-    assert parsed.usage is not None
-    ctx.charge(parsed.usage)
-    ctx.status = 200
-    return ctx.finish(gw.prices)
 
 
 async def run(rate: int, seconds: float) -> None:
@@ -58,7 +41,7 @@ async def run(rate: int, seconds: float) -> None:
         text = GATEWAY_CONFIG.format(workdir=tmp, mock_port=9, model="bench-model")
         config.write_text(text.replace("access_log: true", "access_log: false"))
         async with App(load_config(str(config))).lifespan() as gw:
-            template = await _event(gw)
+            template = (await served_context(gw, "stall-0")).finish(gw.prices)
             stop = asyncio.Event()
             gaps = array("d")  # not tracked by the garbage collector, unlike a list
             fed = 0
