@@ -144,6 +144,36 @@ def test_a_client_leaving_before_the_first_chunk_cancels_the_upstream_call_at_on
         assert gw.metric("llm_requests_total", **labels, **cancelled) == 1
 
 
+def test_a_client_that_leaves_a_whole_answer_is_recorded_as_cancelled_with_exact_usage() -> None:
+    """A non-streamed request whose client gives up (its SDK timed out, say) before the
+    answer: the upstream call still completes, so the tokens and cost are the exact ones it
+    reported, but the request is recorded as cancelled (499), not as a success nobody got."""
+    config = mock_config()
+    config["models"].append({"name": "long", "backend": "mock", "model": "echo-delay-800"})
+    with run_gateway(config) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        body = orjson.dumps({"model": "long", "messages": MSG, "max_tokens": 3})
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                + f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.2)
+        event = gw.wait_events(1)[0]
+        assert event.outcome.value == "cancelled" and event.status == 499
+        assert event.error_type is not None and event.error_type.value == "cancelled"
+        assert event.token_source.value == "reported" and event.usage.output == 3
+        assert event.duration >= 0.8  # the upstream call ran to its end
+        labels = {"model": "long", "backend": "mock", "provider": "mock", "key": "anonymous"}
+        cancelled = {"team": "none", "outcome": "cancelled", "status_class": "4xx"}
+        assert gw.metric("llm_requests_total", **labels, **cancelled) == 1
+        # A client that stays gets its answer, recorded as a success.
+        r = post(gw, "long")
+        assert r.status_code == 200
+        assert gw.wait_events(2)[1].outcome.value == "success"
+
+
 async def test_gateway_keeps_serving_while_streams_are_cancelled(
     mock_gateway: RunningGateway,
 ) -> None:

@@ -20,9 +20,11 @@ reply and its bytes leaving.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from tollhouse.proxy.asgi import CLIENT_GONE
 
 
 class _CoalescingTransport:
@@ -67,6 +69,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         wrapped = _CoalescingTransport(transport, self.loop)  # type: ignore[arg-type]
         super().connection_made(wrapped)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Mark the request in progress, if any, as left by its client: the application
+        records it as cancelled even when its answer was ready only afterwards (uvicorn
+        drops that answer without telling it)."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cast(dict[str, Any], cycle.scope)[CLIENT_GONE] = True
+        super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
         """uvicorn calls this as the last body part is written: send the bytes now, not

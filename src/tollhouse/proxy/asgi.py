@@ -15,6 +15,11 @@ Message = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
 
 
+# Set in a request's scope by the server (``tollhouse.server``) when the client's
+# connection closed before the response was complete.
+CLIENT_GONE = "tollhouse.client_gone"
+
+
 def header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:

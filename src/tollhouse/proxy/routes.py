@@ -17,7 +17,7 @@ from tollhouse.accounting.event import Outcome
 from tollhouse.errors import GatewayError, MethodNotAllowed, UpstreamError, UpstreamFailed
 from tollhouse.metrics.exposition import render
 from tollhouse.proxy import chat, embeddings
-from tollhouse.proxy.asgi import Scope, header, request_id, send_bytes
+from tollhouse.proxy.asgi import CLIENT_GONE, Scope, header, request_id, send_bytes
 from tollhouse.proxy.context import RequestContext
 from tollhouse.proxy.exchange import response_headers
 from tollhouse.proxy.gateway import Gateway
@@ -52,6 +52,10 @@ async def proxied(
         gw.rejected(err)
         await send_error(send, err, response_headers(ctx))
     finally:
+        if ctx.outcome is Outcome.SUCCESS and scope.get(CLIENT_GONE):
+            # The client left before the answer (its SDK timed out, say): the upstream
+            # call still completed, so its usage is exact, but nobody received it.
+            ctx.cancel(499)
         # After the response bytes are flushed (the server writes on the next loop turn):
         # the sinks' work then never delays the answer the client is waiting for.
         asyncio.get_running_loop().call_soon(gw.done, ctx)
