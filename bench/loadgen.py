@@ -259,21 +259,16 @@ async def _worker(host: str, port: int, request: bytes, stream: bool, shared: _S
             writer.close()
 
 
-async def run_load(
+def encode_request(
     url: str,
-    *,
     body: dict[str, Any] | None = None,
     stream: bool = False,
-    concurrency: int = 16,
-    duration: float = 5.0,
-    warmup: float = 1.0,
     headers: dict[str, str] | None = None,
-) -> LoadResult:
-    """Drive ``url`` with ``concurrency`` closed-loop connections; measure ``duration`` s."""
+) -> tuple[str, int, bytes]:
+    """The host, port and pre-encoded bytes of the benchmark's POST to ``url``."""
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname is None:
         raise ValueError(f"only plain http:// URLs are supported, not {url!r}")
-    host, port = parts.hostname, parts.port or 80
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
@@ -290,7 +285,21 @@ async def run_load(
         *(f"{name}: {value}" for name, value in (headers or {}).items()),
     ]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode() + encoded
+    return parts.hostname, parts.port or 80, request
 
+
+async def run_load(
+    url: str,
+    *,
+    body: dict[str, Any] | None = None,
+    stream: bool = False,
+    concurrency: int = 16,
+    duration: float = 5.0,
+    warmup: float = 1.0,
+    headers: dict[str, str] | None = None,
+) -> LoadResult:
+    """Drive ``url`` with ``concurrency`` closed-loop connections; measure ``duration`` s."""
+    host, port, request = encode_request(url, body, stream, headers)
     now = time.perf_counter()
     shared = _Shared(window_start=now + warmup, window_end=now + warmup + duration)
     tasks = [

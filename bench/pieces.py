@@ -7,7 +7,13 @@ from the benchmark's config: a map of where the request path's own Python time g
 and a quick A/B check for a change to one piece (steadier than anything end to end).
 The upstream is not called: ``parse_chat`` reads a canned answer.
 
+``--gap 50`` sleeps that many ms before each request, as a gateway waiting on a 50 ms
+upstream at concurrency 1 does, and prints each piece's median: what it costs cold. The
+first row, ``nothing``, times two clock reads with nothing between them: the floor
+under every other row.
+
     .venv/bin/python -m bench.pieces [--requests 20000]
+    .venv/bin/python -m bench.pieces --gap 50 [--requests 200]
 """
 
 from __future__ import annotations
@@ -38,12 +44,12 @@ ANSWER = orjson.dumps({
     "usage": {"prompt_tokens": 6, "completion_tokens": 16, "total_tokens": 22},
 })  # fmt: skip
 PIECES = (
-    "context", "auth", "json", "validate", "route", "estimate", "admit", "upstream body",
+    "nothing", "context", "auth", "json", "validate", "route", "estimate", "admit", "upstream body",
     "parse answer", "charge", "headers", "sinks (after the answer)",
 )  # fmt: skip
 
 
-async def run(requests: int) -> None:
+async def run(requests: int, gap_ms: float = 0.0) -> None:
     from tollhouse.accounting.tokens import estimate_prompt_tokens
     from tollhouse.app import App
     from tollhouse.config import load_config
@@ -56,10 +62,13 @@ async def run(requests: int) -> None:
         config = Path(tmp) / "tollhouse.yaml"
         config.write_text(GATEWAY_CONFIG.format(workdir=tmp, mock_port=9, model="bench-model"))
         async with App(load_config(str(config))).lifespan() as gw:
-            spent = [0] * len(PIECES)
+            spent: list[list[int]] = [[] for _ in PIECES]
             ns = time.perf_counter_ns
             for i in range(requests):
+                if gap_ms:
+                    await asyncio.sleep(gap_ms / 1000)
                 t = [ns()]
+                t.append(ns())
                 ctx = RequestContext.begin(f"pieces-{i}", "chat")
                 t.append(ns())
                 ctx.principal = await gw.auth.authenticate(HEADERS)
@@ -90,17 +99,32 @@ async def run(requests: int) -> None:
                 gw.done(ctx)
                 t.append(ns())
                 for k in range(len(PIECES)):
-                    spent[k] += t[k + 1] - t[k]
+                    spent[k].append(t[k + 1] - t[k])
                 if i % 50 == 49:  # let the ledger writer and the access log drain, as in service
                     await asyncio.sleep(0.001)
+            if gap_ms:
+                _print_cold(requests, gap_ms, spent)
+                return
             sinks = await _sinks_apart(gw, requests)
     print(f"{requests} requests, warm, µs per request:")
-    for name, total in zip(PIECES, spent, strict=True):
-        print(f"  {name:26} {total / requests / 1000:6.2f}")
-    print(f"  {'all':26} {sum(spent) / requests / 1000:6.2f}")
+    for name, times in zip(PIECES, spent, strict=True):
+        print(f"  {name:26} {sum(times) / requests / 1000:6.2f}")
+    print(f"  {'all':26} {sum(map(sum, spent)) / requests / 1000:6.2f}")
     print("the sinks apart (the same event each time):")
     for name, us in sinks.items():
         print(f"  {name:26} {us:6.2f}")
+
+
+def _print_cold(requests: int, gap_ms: float, spent: list[list[int]]) -> None:
+    print(f"{requests} requests, each after {gap_ms:g} ms idle; µs, median (p10-p90):")
+    medians = []
+    for name, times in zip(PIECES, spent, strict=True):
+        v = sorted(times)
+        n = len(v)
+        medians.append(v[n // 2])
+        spread = f"({v[n // 10] / 1000:.1f}-{v[n * 9 // 10] / 1000:.1f})"
+        print(f"  {name:26} {v[n // 2] / 1000:6.1f} {spread}")
+    print(f"  {'all (sum of medians)':26} {sum(medians) / 1000:6.1f}")
 
 
 async def served_context(gw: Any, request_id: str = "pieces-apart") -> Any:
@@ -143,8 +167,13 @@ async def _sinks_apart(gw: Any, requests: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.pieces", description=__doc__)
-    parser.add_argument("--requests", type=int, default=20000, help="(20000)")
-    asyncio.run(run(parser.parse_args().requests))
+    parser.add_argument("--requests", type=int, help="(20000; with --gap, 200)")
+    parser.add_argument(
+        "--gap", type=float, default=0.0, help="ms idle before each request (0: back to back)"
+    )
+    args = parser.parse_args()
+    requests = args.requests or (200 if args.gap else 20000)
+    asyncio.run(run(requests, args.gap))
 
 
 if __name__ == "__main__":

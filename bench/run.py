@@ -37,6 +37,7 @@ from types import FrameType
 from typing import IO, Final
 
 from bench.loadgen import DEFAULT_BODY, LoadResult, Percentiles
+from bench.paired import PairedResult, describe
 
 REPO: Final = Path(__file__).resolve().parent.parent
 CHAT_PATH: Final = "/v1/chat/completions"
@@ -419,6 +420,36 @@ def _relay_line(
     )
 
 
+def _paired_line(
+    children: Children,
+    pinning: Pinning,
+    direct_url: str,
+    gateway_url: str,
+    args: argparse.Namespace,
+) -> str:
+    """The concurrency-1 rows again, with direct and gateway requests taking turns in one
+    window (``bench.paired``): the added latency without the drift between two windows."""
+    parts = []
+    for stream in {"json": (False,), "stream": (True,)}.get(args.mode, (False, True)):
+        argv = [*pinning.clients, sys.executable, "-m", "bench.paired", direct_url, gateway_url]
+        argv += ["--duration", str(args.duration), "--warmup", str(args.warmup), "--json"]
+        if stream:
+            argv.append("--stream")
+        with tempfile.TemporaryFile() as out:
+            proc = children.start(argv, stdout=out)
+            try:
+                proc.wait(timeout=args.warmup + args.duration + 60)
+            finally:
+                children.stop(proc)
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        if proc.returncode != 0:
+            raise BenchError(f"bench.paired failed ({proc.returncode}):\n{text}")
+        result = PairedResult.from_json(text.strip().splitlines()[-1])
+        parts.append(f"{'stream' if stream else 'json'} {describe(result)}")
+    return "    interleaved at concurrency 1 (bench/paired.py): " + "; ".join(parts)
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     """SIGTERM/SIGHUP unwind like Ctrl-C, so the ``finally`` blocks end every child."""
     raise SystemExit(128 + signum)
@@ -461,6 +492,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-relay",
         action="store_true",
         help="skip the reference leg through a do-nothing TCP relay (bench/relay.py)",
+    )
+    parser.add_argument(
+        "--no-paired",
+        action="store_true",
+        help="skip the concurrency-1 legs taking turns in one window (bench/paired.py)",
     )
     # Hidden: measure an already-running gateway (or, to test this harness, a second mock).
     parser.add_argument("--gateway-url", help=argparse.SUPPRESS)
@@ -528,6 +564,10 @@ def run(args: argparse.Namespace) -> int:
                                 print(f"    {leg} errors, e.g.: {samples}", flush=True)
                     if reference is not None and not args.no_relay:
                         print(_relay_line(children, pinning, port, delay, reference, args))
+                    if any(s.concurrency == 1 for s in group) and not args.no_paired:
+                        direct_url = f"http://127.0.0.1:{port}{CHAT_PATH}"
+                        line = _paired_line(children, pinning, direct_url, gw + CHAT_PATH, args)
+                        print(line, flush=True)
     except BenchError as exc:
         print(f"\nbenchmark aborted: {exc}", file=sys.stderr)
         return 1
