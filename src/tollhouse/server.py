@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tollhouse.proxy.asgi import CLIENT_GONE
+from tollhouse.proxy.asgi import CLIENT_GONE, ON_CLIENT_GONE
 
 
 class _CoalescingTransport:
@@ -73,10 +73,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Mark the request in progress, if any, as left by its client: the application
         records it as cancelled even when its answer was ready only afterwards (uvicorn
-        drops that answer without telling it)."""
+        drops that answer without telling it), and may have asked to be told at once
+        (``server.on_disconnect: cancel``)."""
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            cast(dict[str, Any], cycle.scope)[CLIENT_GONE] = True
+            scope = cast(dict[str, Any], cycle.scope)
+            scope[CLIENT_GONE] = True
+            told = scope.pop(ON_CLIENT_GONE, None)
+            if told is not None:
+                told()
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:

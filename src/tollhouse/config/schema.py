@@ -174,6 +174,7 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     access_log: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    on_disconnect: Literal["finish", "cancel"] = "finish"
 
     @field_validator("metrics_path")
     @classmethod

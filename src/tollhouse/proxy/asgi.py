@@ -18,6 +18,9 @@ Headers = list[tuple[bytes, bytes]]
 # Set in a request's scope by the server (``tollhouse.server``) when the client's
 # connection closed before the response was complete.
 CLIENT_GONE = "tollhouse.client_gone"
+# A callable the application may put in a request's scope; the server calls it (once, on
+# the event loop) when that client's connection closes before the response is complete.
+ON_CLIENT_GONE = "tollhouse.on_client_gone"
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

@@ -20,6 +20,7 @@ from tollhouse.cache import strip_flag
 from tollhouse.errors import ErrorType, UpstreamError, UpstreamFailed
 from tollhouse.providers.base import StreamTranslator, UpstreamResponse
 from tollhouse.proxy import validate
+from tollhouse.proxy.abandon import Abandonment
 from tollhouse.proxy.asgi import Scope, parse_json, read_body
 from tollhouse.proxy.caching import Lookup, rebuild_stream
 from tollhouse.proxy.context import RequestContext, perf
@@ -43,6 +44,8 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     upstream_body = strip_flag(body)
     prompt = estimate_prompt_tokens(params.messages)
     await gw.admit(ctx, prompt, params.max_tokens or gw.config.limits.reserve_output_tokens)
+    cancel = not params.stream and gw.config.server.on_disconnect == "cancel"
+    watch = Abandonment(scope) if cancel else None
 
     async def attempt(dep: Deployment) -> None:
         request = dep.adapter.chat_request(upstream_body, dep.target, stream=params.stream)
@@ -53,7 +56,13 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
             if tap is not None and usage is not None:
                 await lookup.store(ctx, rebuild_stream(tap, usage), usage)
             return
-        payload = await call_upstream(ctx, dep, request)
+        payload = (
+            await call_upstream(ctx, dep, request)
+            if watch is None
+            else await watch.call_upstream(ctx, dep, request, prompt)
+        )
+        if payload is None:
+            return  # the client left and the call was cancelled (on_disconnect: cancel)
         try:
             parsed = dep.adapter.parse_chat(payload, dep.target)
         except UpstreamError:
@@ -67,7 +76,10 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
         await reply_json(ctx, send, 200, parsed.body)
         await lookup.store(ctx, parsed.body, parsed.usage)
 
-    await gw.execute(ctx, attempt)
+    if watch is None:
+        await gw.execute(ctx, attempt)
+    else:
+        await watch.execute(ctx, lambda: gw.execute(ctx, attempt))
 
 
 async def _stream(

@@ -8,6 +8,7 @@ from tollhouse.accounting.tokens import estimate_input_tokens
 from tollhouse.accounting.usage import Usage
 from tollhouse.errors import UpstreamError
 from tollhouse.proxy import validate
+from tollhouse.proxy.abandon import Abandonment
 from tollhouse.proxy.asgi import Scope, parse_json, read_body
 from tollhouse.proxy.context import RequestContext
 from tollhouse.proxy.exchange import call_upstream, reply_json
@@ -23,11 +24,18 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     ctx.end_user = user if isinstance(user, str) and user else None
     tokens = estimate_input_tokens(value)
     await gw.admit(ctx, tokens, 0)
+    watch = Abandonment(scope) if gw.config.server.on_disconnect == "cancel" else None
 
     async def attempt(dep: Deployment) -> None:
         request = dep.adapter.embeddings_request(body, dep.target)
         request.headers["x-request-id"] = ctx.request_id
-        payload = await call_upstream(ctx, dep, request)
+        payload = (
+            await call_upstream(ctx, dep, request)
+            if watch is None
+            else await watch.call_upstream(ctx, dep, request, tokens)
+        )
+        if payload is None:
+            return  # the client left and the call was cancelled (on_disconnect: cancel)
         try:
             parsed = dep.adapter.parse_embeddings(payload, dep.target)
         except UpstreamError:
@@ -39,4 +47,7 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
             ctx.charge(parsed.usage)
         await reply_json(ctx, send, 200, parsed.body)
 
-    await gw.execute(ctx, attempt)
+    if watch is None:
+        await gw.execute(ctx, attempt)
+    else:
+        await watch.execute(ctx, lambda: gw.execute(ctx, attempt))
