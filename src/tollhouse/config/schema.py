@@ -1,6 +1,6 @@
 """The config schema. Every model forbids unknown fields: a typo is an error, not a no-op.
 
-``docs/configuration.md`` documents each field; ``tests/test_config_docs.py``
+``docs/configuration.md`` documents each field; ``tests/test_config.py``
 fails when a field exists here and not there (or the other way round).
 """
 
