@@ -20,6 +20,7 @@ from tollhouse.accesslog import BatchingStreamHandler
 from tollhouse.cli_manage import add_commands
 from tollhouse.config import ConfigError, load_config
 from tollhouse.config.schema import Config
+from tollhouse.logs import log_to
 
 CONFIG_ENV = "TOLLHOUSE_CONFIG"  # the config path, for workers started by import string
 
@@ -34,11 +35,7 @@ def _configure_logging(level: str, access_log: bool) -> None:
         access.setLevel(logging.INFO)
     else:
         access.setLevel(logging.WARNING)
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
+    log_to(sys.stderr, level)
 
 
 # Budgets and rate limits are exact only when every worker counts in the same place:
