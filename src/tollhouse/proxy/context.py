@@ -44,7 +44,8 @@ class RequestContext:
     end_user: str | None = None
     ticket: Ticket | None = None  # the caller's limits (key, team, user, end user)
     attempt_ticket: Ticket | None = None  # the serving deployment's limits (backend, provider)
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)  # upstream calls that ended
+    attempting: bool = False  # an upstream call is under way (not in ``attempts`` yet)
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     charges: list[tuple[Usage, Price | None]] = field(default_factory=list)
     cache: str = "off"

@@ -20,10 +20,11 @@ def response_headers(ctx: RequestContext) -> Headers:
     ]
     dep = ctx.deployment
     if dep is not None:  # which deployment served, after how many upstream calls
+        calls = len(ctx.attempts) + (1 if ctx.attempting else 0)
         headers += [
             (b"x-tollhouse-backend", dep.target.backend.encode()),
             (b"x-tollhouse-model", dep.model.encode()),
-            (b"x-tollhouse-attempts", str(len(ctx.attempts) + 1).encode()),
+            (b"x-tollhouse-attempts", str(calls).encode()),
         ]
     if ctx.cache != "off":
         headers.append((b"x-tollhouse-cache", ctx.cache.encode()))

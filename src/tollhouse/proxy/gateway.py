@@ -174,16 +174,17 @@ class _Hooks:
     async def before(self, dep: Deployment) -> None:
         ctx, gw = self.ctx, self.gw
         ctx.deployment = dep
-        if gw.admission is None:
-            return
-        rules = gw.admission.deployment_rules(dep.target.backend, dep.target.provider)
-        if rules[0] or rules[1]:
-            ctx.attempt_ticket = await gw._reserve(rules, dep.price, ctx.worst)
+        if gw.admission is not None:
+            rules = gw.admission.deployment_rules(dep.target.backend, dep.target.provider)
+            if rules[0] or rules[1]:
+                ctx.attempt_ticket = await gw._reserve(rules, dep.price, ctx.worst)
+        ctx.attempting = True
 
     def after(
         self, dep: Deployment, error: UpstreamError | None, duration: float, retried: bool
     ) -> None:
         ctx = self.ctx
+        ctx.attempting = False
         kind = error.error_type if error is not None else self.soft_error()
         t = dep.target
         ctx.attempts.append(Attempt(dep.model, t.backend, t.provider, t.upstream_model, kind,

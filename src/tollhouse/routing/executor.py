@@ -21,7 +21,7 @@ from typing import Protocol
 
 from tollhouse.config.schema import RetryConfig
 from tollhouse.errors import ErrorType, GatewayError, Rejected, UpstreamError
-from tollhouse.routing.router import Deployment, ModelGroup, Router
+from tollhouse.routing.router import Deployment, ModelGroup, Router, retried
 
 Call = Callable[[Deployment], Awaitable[None]]
 
@@ -109,7 +109,7 @@ class Executor:
             err = await self._attempt(dep, call)
             retry = (
                 err is not None
-                and err.error_type.value in policy.when
+                and retried(err.error_type.value, policy.when)
                 and retries < policy.attempts
             )
             hooks.after(dep, err, dep.health.last_duration, retry)

@@ -9,12 +9,19 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import get_args
 
 from tollhouse.accounting.pricing import Price, PriceBook
-from tollhouse.config.schema import BackendConfig, Config, CooldownConfig, ModelConfig
+from tollhouse.config.schema import (
+    BackendConfig,
+    Config,
+    CooldownConfig,
+    ErrorClass,
+    ModelConfig,
+)
 from tollhouse.errors import ModelNotFound
 from tollhouse.providers.anthropic import AnthropicAdapter
 from tollhouse.providers.base import Adapter, Target, Transport
@@ -77,7 +84,7 @@ class ModelGroup:
     def fallbacks_for(self, error_class: str) -> list[str]:
         out: list[str] = []
         for rule in self.config.fallbacks:
-            if error_class in rule.when or "any" in rule.when:
+            if matches(error_class, rule.when):
                 out += [m for m in rule.to if m not in out]
         return out
 
@@ -108,6 +115,21 @@ def make_transport(backend: BackendConfig) -> Transport:
     return H1Transport(backend.timeouts, backend.max_connections)
 
 
+def matches(error_class: str, when: Sequence[str]) -> bool:
+    """Does a fallback rule's ``when`` list take this error class (``any``: every class)?"""
+    return error_class in when or "any" in when
+
+
+# What ``any`` stands for in a retry rule: every class a rule may name. A refusal such
+# as bad_request or auth would fail the same way again, so no list retries it.
+RETRY_ANY = frozenset(get_args(ErrorClass)) - {"any"}
+
+
+def retried(error_class: str, when: Sequence[str]) -> bool:
+    """Does a retry rule's ``when`` list take this error class?"""
+    return error_class in when or ("any" in when and error_class in RETRY_ANY)
+
+
 def make_target(backend: BackendConfig, upstream_model: str, environ: Mapping[str, str]) -> Target:
     key = environ.get(backend.api_key_env) if backend.api_key_env else None
     return Target(
@@ -117,7 +139,10 @@ def make_target(backend: BackendConfig, upstream_model: str, environ: Mapping[st
         upstream_model=upstream_model,
         api_key=key,
         api_version=backend.api_version,
-        headers=dict(backend.headers),
+        # Names in lower case, as the adapters write theirs: HTTP header names ignore case,
+        # so a configured ``Authorization`` must replace the adapter's ``authorization`` (or
+        # be replaced by it), not go out as a second header beside it.
+        headers={name.lower(): value for name, value in backend.headers.items()},
         stream_usage=backend.stream_usage,
         default_max_tokens=backend.default_max_tokens,
     )
