@@ -221,6 +221,8 @@ def test_key_create_update_and_unblock_flags_through_a_gateway(tmp_path: Path) -
         assert budget(after, "llm_budget_soft_limit_usd", "key", "budgeted", "weekly") == 0.5
         limits = admin_get(gw, "/keys/budgeted")["limits"]
         assert limits["soft_budget_usd"] == "0.5" and limits["budget_period"] == "weekly"
+        shown = ok("keys", "show", *s, "budgeted")  # the CLI reads every setting back too
+        assert shown["soft_budget_usd"] == "0.5" and shown["budget_period"] == "weekly"
 
 
 def test_key_cache_flag_overrides_the_config(tmp_path: Path) -> None:
@@ -232,6 +234,8 @@ def test_key_cache_flag_overrides_the_config(tmp_path: Path) -> None:
     on = ok("keys", "create", *s, "--alias", "on", "--cache", "on")["secret"]
     off = ok("keys", "create", *s, "--alias", "off", "--cache", "off")["secret"]
     default = ok("keys", "create", *s, "--alias", "default")["secret"]
+    shown = {alias: ok("keys", "show", *s, alias)["cache"] for alias in ("on", "off", "default")}
+    assert shown == {"on": "on", "off": "off", "default": None}
 
     def hits(gw: RunningGateway) -> float:
         return gw.metric("llm_cache_requests_total", model="chat", result="hit")

@@ -68,16 +68,24 @@ def _store_url(args: argparse.Namespace) -> str:
     return load_config(args.config).store.url
 
 
+def _usd_text(nusd: int | None) -> str | None:
+    return None if nusd is None else str(Decimal(nusd) / 10**9)
+
+
 def _key_json(key: ApiKey) -> dict[str, object]:
+    """Everything ``keys create|update`` can set, so ``keys show`` reads each setting back."""
+    cache = key.metadata.get("cache")
     return {
         "alias": key.alias, "prefix": key.key_prefix, "team_id": key.team_id,
         "user_id": key.user_id, "models": key.models, "blocked": key.blocked,
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-        "max_budget_usd": str(Decimal(key.limits.max_budget_nusd) / 10**9)
-        if key.limits.max_budget_nusd is not None else None,
+        "max_budget_usd": _usd_text(key.limits.max_budget_nusd),
+        "soft_budget_usd": _usd_text(key.limits.soft_budget_nusd),
         "budget_period": key.limits.budget_period, "rpm": key.limits.rpm, "tpm": key.limits.tpm,
         "model_limits": {model: {"rpm": limit.rpm, "tpm": limit.tpm}
                          for model, limit in (key.model_limits or {}).items()},
+        # on/off as set with --cache; null: the config's cache.enabled decides
+        "cache": None if cache is None else ("on" if cache else "off"),
     }  # fmt: skip
 
 
