@@ -128,3 +128,18 @@ def rate_headers(plan: Plan, admitted: Admitted, now: float) -> list[tuple[bytes
                 (b"x-ratelimit-reset-" + suffix, reset),
             ]
     return out
+
+
+def tightest(*groups: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """One set of ``x-ratelimit-*`` headers from several tickets' (the caller's limits and
+    the serving backend's): per kind, the trio of the limit with the least remaining."""
+    chosen: dict[bytes, tuple[int, list[tuple[bytes, bytes]]]] = {}
+    for headers in groups:
+        for suffix in (b"requests", b"tokens"):
+            trio = [(name, value) for name, value in headers if name.endswith(suffix)]
+            remaining = next(
+                (int(v) for n, v in trio if n == b"x-ratelimit-remaining-" + suffix), None
+            )
+            if remaining is not None and (suffix not in chosen or remaining < chosen[suffix][0]):
+                chosen[suffix] = (remaining, trio)
+    return [h for suffix in (b"requests", b"tokens") if suffix in chosen for h in chosen[suffix][1]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tollhouse.limits.policy import tightest
 from tollhouse.providers.base import UpstreamRequest
 from tollhouse.proxy.asgi import Headers, send_bytes
 from tollhouse.proxy.context import RequestContext, perf
@@ -28,8 +29,14 @@ def response_headers(ctx: RequestContext) -> Headers:
         ]
     if ctx.cache != "off":
         headers.append((b"x-tollhouse-cache", ctx.cache.encode()))
-    if ctx.ticket is not None:
-        headers += ctx.ticket.headers
+    caller, backend = ctx.ticket, ctx.attempt_ticket
+    if backend is None:
+        if caller is not None:
+            headers += caller.headers
+    elif caller is None:
+        headers += backend.headers
+    else:  # the caller's limits and the serving backend's: the tightest of each kind
+        headers += tightest(caller.headers, backend.headers)
     return headers
 
 
