@@ -210,8 +210,8 @@ def test_migrate_on_start_false_leaves_a_fresh_store_empty_until_tollhouse_migra
     tmp_path: Path,
 ) -> None:
     """``tollhouse serve`` with ``migrate_on_start: false`` on a fresh SQLite file creates no
-    table, so it cannot start: it exits non-zero, its log naming the missing table (the docs
-    only say to run ``tollhouse migrate`` first). The default creates the tables at start.
+    table, so it refuses to start: it exits non-zero, its log saying the store has no tables
+    and to run ``tollhouse migrate`` first. The default creates the tables at start.
     After ``tollhouse migrate --config FILE`` the same ``false`` config starts and serves."""
     fresh = tmp_path / "fresh.db"
     manual = {**mock_config(), "auth": {"required": False},
@@ -230,7 +230,8 @@ def test_migrate_on_start_false_leaves_a_fresh_store_empty_until_tollhouse_migra
             serve.kill()
             serve.wait()
     assert serve.returncode != 0
-    assert "no such table" in log and "Application startup failed" in log
+    assert "has no tollhouse tables" in log and "Run `tollhouse migrate --config FILE`" in log
+    assert "Application startup failed" in log
     assert not {"api_keys", "ledger"} & sqlite_tables(fresh)
 
     automatic = tmp_path / "automatic.db"

@@ -46,7 +46,7 @@ from tollhouse.routing.probes import Prober
 from tollhouse.routing.router import Router
 from tollhouse.store.engine import Store
 from tollhouse.store.ledger import LedgerRepo
-from tollhouse.store.migrate import migrate
+from tollhouse.store.migrate import migrate, require_current
 from tollhouse.store.repos import EndUsers, Keys, Teams, Users
 
 log = logging.getLogger("tollhouse")
@@ -98,6 +98,8 @@ class App:
             stack.push_async_callback(store.aclose)
             if config.store.migrate_on_start:
                 await migrate(config.store.url)
+            else:
+                await require_current(config.store.url)
             ledger = LedgerWriter(LedgerRepo(store.engine), config.ledger)
             await ledger.start()
             stack.push_async_callback(ledger.stop)

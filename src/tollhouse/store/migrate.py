@@ -17,6 +17,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Connection
 
 from tollhouse.store.engine import create_engine, normalize_url
@@ -45,6 +47,33 @@ async def migrate(url: str | URL) -> None:
             await conn.run_sync(_upgrade, config)
     finally:
         await engine.dispose()
+
+
+class StoreNotMigrated(RuntimeError):
+    """The store's schema is not the one this version needs, and nobody is to migrate it."""
+
+
+async def require_current(url: str | URL) -> None:
+    """Refuse to start on a store that is not at the latest revision
+    (``store.migrate_on_start: false``), saying what to run, rather than fail later on
+    the first query with a bare "no such table"."""
+    config = alembic_config(url)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            current = await conn.run_sync(
+                lambda c: MigrationContext.configure(c).get_current_revision()
+            )
+    finally:
+        await engine.dispose()
+    if current != head:
+        where = normalize_url(url).render_as_string(hide_password=True)
+        found = "has no tollhouse tables" if current is None else f"is at revision {current}"
+        raise StoreNotMigrated(
+            f"the store {where} {found}; this version needs revision {head}. Run "
+            "`tollhouse migrate --config FILE` first, or set store.migrate_on_start: true."
+        )
 
 
 def _upgrade(connection: Connection, config: Config) -> None:
