@@ -230,17 +230,22 @@ def _load(
     ]
     if scenario.stream:
         argv.append("--stream")
+    return LoadResult.from_json(_last_line(children, argv, warmup + duration, "load generator"))
+
+
+def _last_line(children: Children, argv: list[str], seconds: float, what: str) -> str:
+    """Run a measuring child for ``seconds`` (plus a minute's grace); its last stdout line."""
     with tempfile.TemporaryFile() as out:
         proc = children.start(argv, stdout=out)
         try:
-            proc.wait(timeout=warmup + duration + 60)
+            proc.wait(timeout=seconds + 60)
         finally:
             children.stop(proc)
         out.seek(0)
         text = out.read().decode(errors="replace")
     if proc.returncode != 0:
-        raise BenchError(f"load generator failed ({proc.returncode}):\n{text}")
-    return LoadResult.from_json(text.strip().splitlines()[-1])
+        raise BenchError(f"{what} failed ({proc.returncode}):\n{text}")
+    return text.strip().splitlines()[-1]
 
 
 def _ms(value: float | None) -> str:
@@ -435,17 +440,8 @@ def _paired_line(
         argv += ["--duration", str(args.duration), "--warmup", str(args.warmup), "--json"]
         if stream:
             argv.append("--stream")
-        with tempfile.TemporaryFile() as out:
-            proc = children.start(argv, stdout=out)
-            try:
-                proc.wait(timeout=args.warmup + args.duration + 60)
-            finally:
-                children.stop(proc)
-            out.seek(0)
-            text = out.read().decode(errors="replace")
-        if proc.returncode != 0:
-            raise BenchError(f"bench.paired failed ({proc.returncode}):\n{text}")
-        result = PairedResult.from_json(text.strip().splitlines()[-1])
+        line = _last_line(children, argv, args.warmup + args.duration, "bench.paired")
+        result = PairedResult.from_json(line)
         parts.append(f"{'stream' if stream else 'json'} {describe(result)}")
     return "    interleaved at concurrency 1 (bench/paired.py): " + "; ".join(parts)
 

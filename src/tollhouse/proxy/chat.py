@@ -44,8 +44,7 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     upstream_body = strip_flag(body)
     prompt = estimate_prompt_tokens(params.messages)
     await gw.admit(ctx, prompt, params.max_tokens or gw.config.limits.reserve_output_tokens)
-    cancel = not params.stream and gw.config.server.on_disconnect == "cancel"
-    watch = Abandonment(scope) if cancel else None
+    watch = Abandonment(scope) if gw.cancel_abandoned and not params.stream else None
 
     async def attempt(dep: Deployment) -> None:
         request = dep.adapter.chat_request(upstream_body, dep.target, stream=params.stream)

@@ -24,7 +24,7 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     ctx.end_user = user if isinstance(user, str) and user else None
     tokens = estimate_input_tokens(value)
     await gw.admit(ctx, tokens, 0)
-    watch = Abandonment(scope) if gw.config.server.on_disconnect == "cancel" else None
+    watch = Abandonment(scope) if gw.cancel_abandoned else None
 
     async def attempt(dep: Deployment) -> None:
         request = dep.adapter.embeddings_request(body, dep.target)

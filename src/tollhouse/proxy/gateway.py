@@ -61,9 +61,11 @@ class Gateway:
     executor: Executor = field(init=False)
     worst_prices: dict[str, Price | None] = field(default_factory=dict)
     in_flight: dict[str, Gauge] = field(default_factory=dict)  # each group's bound series
+    cancel_abandoned: bool = field(init=False)  # server.on_disconnect: cancel
 
     def __post_init__(self) -> None:
         self.executor = Executor(self.router, self.rng)
+        self.cancel_abandoned = self.config.server.on_disconnect == "cancel"
 
     @classmethod
     def build(cls, config: Config, router: Router, prices: PriceBook, metrics: Metrics,
