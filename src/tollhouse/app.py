@@ -119,7 +119,9 @@ class App:
             auth = guarded_authenticator(directory, config, self.metrics, self._admin_settings)
             gw = Gateway.build(config, router, self.prices, self.metrics,
                                self._sinks(ledger, access_log), auth, admission, self.snapshot)  # fmt: skip
-            gw.end_users = EndUserDirectory(EndUsers(store.engine), config.auth.cache_ttl)
+            gw.end_users = EndUserDirectory(
+                EndUsers(store.engine), config.auth.cache_ttl, config.auth.stale_if_error
+            )
             gw.cache = self._response_cache()
             stack.push_async_callback(gw.cache.aclose)
             if config.limits.init_gauges:

@@ -176,6 +176,15 @@ class LimitsUnavailable(GatewayError):
     error_type = ErrorType.SERVER_ERROR
 
 
+class AuthUnavailable(GatewayError):
+    """503: the store holding the keys cannot be read and this key was not seen lately."""
+
+    status = 503
+    type = "api_error"
+    code = "auth_unavailable"
+    error_type = ErrorType.SERVER_ERROR
+
+
 class UpstreamFailed(GatewayError):
     """An ``UpstreamError`` translated for the client (status chosen by ``from_upstream``)."""
 

@@ -96,9 +96,17 @@ class GuardedAuthenticator(Authenticator):
     """The proxy's authenticator, counting failures and refusing throttled addresses."""
 
     def __init__(
-        self, guard: AuthGuard, directory: Directory, *, required: bool, cache_ttl: float
+        self,
+        guard: AuthGuard,
+        directory: Directory,
+        *,
+        required: bool,
+        cache_ttl: float,
+        stale_if_error: float,
     ) -> None:
-        super().__init__(directory, required=required, cache_ttl=cache_ttl)
+        super().__init__(
+            directory, required=required, cache_ttl=cache_ttl, stale_if_error=stale_if_error
+        )
         self.guard = guard
 
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:

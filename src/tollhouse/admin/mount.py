@@ -27,9 +27,11 @@ def guarded_authenticator(
     directory: Directory, config: Config, metrics: Metrics, settings: AdminSettings
 ) -> GuardedAuthenticator:
     guard = AuthGuard(settings, metrics.auth_failures, metrics.auth_throttled)
+    auth = config.auth
     return GuardedAuthenticator(
-        guard, directory, required=config.auth.required, cache_ttl=config.auth.cache_ttl
-    )
+        guard, directory, required=auth.required, cache_ttl=auth.cache_ttl,
+        stale_if_error=auth.stale_if_error,
+    )  # fmt: skip
 
 
 async def open_admin(

@@ -197,6 +197,7 @@ class AuthConfig(_Strict):
     required: bool = True
     admin_key_env: str | None = "TOLLHOUSE_ADMIN_KEY"
     cache_ttl: float = Field(default=30.0, ge=0)
+    stale_if_error: float = Field(default=300.0, ge=0)
 
 
 class StoreConfig(_Strict):

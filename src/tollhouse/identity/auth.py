@@ -3,7 +3,9 @@
 Keys arrive as ``Authorization: Bearer sk-...`` or ``x-api-key`` (Anthropic-style
 clients). Only the SHA-256 hash is looked up; the secret is never stored,
 logged or put in an error. Lookups are cached for ``cache_ttl`` seconds (both
-hits and misses), so blocking a key takes effect within that time.
+hits and misses), so blocking a key takes effect within that time. While the store
+cannot be read, a key seen in the last ``stale_if_error`` seconds keeps its last
+answer and any other key gets a 503 ``auth_unavailable`` (``identity.lookup``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from tollhouse.errors import Unauthorized
+from tollhouse.errors import AuthUnavailable, Unauthorized
 from tollhouse.identity.keys import hash_key
+from tollhouse.identity.lookup import LookupCache, StoreUnreadable
 from tollhouse.identity.principal import ANONYMOUS, Principal
 
 MAX_CACHED = 100_000
@@ -53,13 +56,15 @@ class Authenticator:
         *,
         required: bool,
         cache_ttl: float,
+        stale_if_error: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._directory = directory
         self._required = required
-        self._ttl = cache_ttl
-        self._clock = clock
-        self._cache: dict[str, tuple[float, KeyGrant | None]] = {}
+        self._cache: LookupCache[KeyGrant | None] = LookupCache(
+            "api_key", ttl=cache_ttl, stale_if_error=stale_if_error, max_entries=MAX_CACHED,
+            clock=clock,
+        )  # fmt: skip
 
     def forget(self) -> None:
         """Drop every cached lookup (after an admin change in this process)."""
@@ -74,7 +79,12 @@ class Authenticator:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'.",
                 code="missing_api_key",
             )
-        grant = await self._lookup(hash_key(secret))
+        try:
+            grant = await self._cache.get(hash_key(secret), self._directory.grant)
+        except StoreUnreadable as err:
+            raise AuthUnavailable(
+                "The gateway cannot check API keys right now; try again shortly."
+            ) from err
         if grant is None:
             if not self._required:
                 return ANONYMOUS
@@ -84,14 +94,3 @@ class Authenticator:
         if grant.expires_at is not None and grant.expires_at.timestamp() <= time.time():
             raise Unauthorized("This API key has expired.", code="expired_api_key")
         return grant.principal
-
-    async def _lookup(self, key_hash: str) -> KeyGrant | None:
-        now = self._clock()
-        cached = self._cache.get(key_hash)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        grant = await self._directory.grant(key_hash)
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()  # bounded memory against key-guessing floods
-        self._cache[key_hash] = (now + self._ttl, grant)
-        return grant

@@ -1,7 +1,10 @@
 """Per-end-user overrides (the request's ``user`` field), looked up with a short cache.
 
 End users are unbounded and arrive in request bodies, so lookups are cached
-(misses too) for ``ttl`` seconds and the cache is bounded.
+(misses too) for ``ttl`` seconds and the cache is bounded. While the store cannot be
+read, an end user seen in the last ``stale_if_error`` seconds keeps the overrides
+last read; for any other, ``limits`` raises ``LimitsUnavailable`` (a 503): an
+override may be a tighter budget, so the gateway does not guess there is none.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from tollhouse.errors import LimitsUnavailable
+from tollhouse.identity.lookup import LookupCache, StoreUnreadable
 from tollhouse.store.models import Limits
 from tollhouse.store.repos import EndUsers
 
@@ -17,21 +22,26 @@ MAX_CACHED = 50_000
 
 class EndUserDirectory:
     def __init__(
-        self, repo: EndUsers, ttl: float, clock: Callable[[], float] = time.monotonic
+        self,
+        repo: EndUsers,
+        ttl: float,
+        stale_if_error: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._repo = repo
-        self._ttl = ttl
-        self._clock = clock
-        self._cache: dict[str, tuple[float, Limits | None]] = {}
+        self._cache: LookupCache[Limits | None] = LookupCache(
+            "end_user", ttl=ttl, stale_if_error=stale_if_error, max_entries=MAX_CACHED,
+            clock=clock,
+        )  # fmt: skip
 
     async def limits(self, end_user: str) -> Limits | None:
-        now = self._clock()
-        cached = self._cache.get(end_user)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        try:
+            return await self._cache.get(end_user, self._load)
+        except StoreUnreadable as err:
+            raise LimitsUnavailable(
+                "The gateway cannot read this end user's limits right now; try again shortly."
+            ) from err
+
+    async def _load(self, end_user: str) -> Limits | None:
         row = await self._repo.get(end_user)
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()
-        found = row.limits if row is not None else None
-        self._cache[end_user] = (now + self._ttl, found)
-        return found
+        return row.limits if row is not None else None

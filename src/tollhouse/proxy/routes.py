@@ -1,12 +1,15 @@
 """The request entry point: dispatch, and the single error boundary.
 
 Every request to a proxied route ends in exactly one UsageEvent, whatever
-happens: success, a bad body, an unknown model, an upstream failure.
+happens: success, a bad body, an unknown model, an upstream failure, a store that
+cannot be read, or a bug in the gateway itself (an OpenAI-style 500, recorded as an
+error: a request that failed is never counted as served).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,6 +54,15 @@ async def proxied(
         ctx.fail(err)
         gw.rejected(err)
         await send_error(send, err, response_headers(ctx))
+    except Exception:  # a bug or an unforeseen failure: still an OpenAI-style 500, counted
+        log.exception("request_crashed request_id=%s", ctx.request_id)
+        crash = GatewayError(
+            f"The gateway failed to serve this request (request id {ctx.request_id}); "
+            "the failure is logged under that id."
+        )
+        ctx.fail(crash)
+        with contextlib.suppress(Exception):  # unless the response had already begun
+            await send_error(send, crash, response_headers(ctx))
     finally:
         if ctx.outcome is Outcome.SUCCESS and scope.get(CLIENT_GONE):
             # The client left before the answer (its SDK timed out, say): the upstream

@@ -1,0 +1,224 @@
+"""The store or Redis going away mid-run, and a crash inside the gateway: every request
+still gets a clear answer and its one event, nothing is lost, and the gateway recovers.
+
+The real PostgreSQL and Redis sit behind ``tests.tcp_cut.Forwarder``, which a test cuts
+(open connections reset, new ones refused, as a stopped server does) and restores. A
+store outage must not turn a served request into a bare 500, nor a failed one into a
+success: before this file, a key lookup that hit a dead store escaped the error
+boundary, the client got uvicorn's plain-text 500 and the ledger a ``success`` row.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import (
+    RunningGateway,
+    delete_redis_prefix,
+    mock_config,
+    need,
+    postgres_database,
+    redis_available,
+    run_gateway,
+    run_sync,
+)
+from tests.keyhelpers import gateway_config, manage
+from tests.tcp_cut import Forwarder
+from tollhouse.accounting.event import Outcome
+from tollhouse.identity.manage import LimitsInput
+from tollhouse.proxy import routes
+
+ADMIN_KEY = "outage-admin-key-0123456789"
+ENV = {"TOLLHOUSE_ADMIN_KEY": ADMIN_KEY}
+BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 3}
+
+
+def post(gw: RunningGateway, secret: str | None = None, **extra: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {secret}"} if secret else {}
+    return httpx.post(gw.v1 + "/chat/completions", json={**BODY, **extra}, headers=headers,
+                      timeout=10)  # fmt: skip
+
+
+def health(gw: RunningGateway) -> Any:
+    r = httpx.get(gw.url + "/admin/v1/health", timeout=10,
+                  headers={"authorization": f"Bearer {ADMIN_KEY}"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def until(check: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def refused(r: httpx.Response, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]["code"] == code and r.headers["x-request-id"]
+
+
+def ledger_statuses(url: str) -> list[int]:
+    """Every ledger row's HTTP status, read straight from PostgreSQL."""
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def read() -> list[int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [row["status"] for row in await conn.fetch("SELECT status FROM ledger")]
+        finally:
+            await conn.close()
+
+    statuses: list[int] = run_sync(read())
+    return sorted(statuses)
+
+
+@contextmanager
+def store_behind_a_cut(**auth: Any) -> Iterator[tuple[RunningGateway, Forwarder, str, str]]:
+    """A gateway whose PostgreSQL store is reached through a ``Forwarder``; yields the
+    gateway, the forwarder, the direct database URL and one key's secret."""
+    with postgres_database() as url, Forwarder(5432) as cut:
+        secret = manage(url, lambda m: m.create_key("seen")).secret
+        through = url.replace("127.0.0.1:5432", f"127.0.0.1:{cut.port}")
+        config = gateway_config(through, auth={"required": True, "cache_ttl": 0.2, **auth})
+        config["ledger"] = {"flush_interval": 0.05, "retry_interval": 0.2}
+        with run_gateway(config, environ=ENV) as gw:
+            yield gw, cut, url, secret
+
+
+def test_a_store_outage_keeps_known_keys_served_and_loses_no_row() -> None:
+    """With PostgreSQL gone: a key looked up before the outage keeps working (its last
+    answer, within ``auth.stale_if_error``); a key never seen gets a 503
+    ``auth_unavailable``, as does an end user whose overrides cannot be read; the
+    admin health says ``degraded`` while ``/health/ready`` stays 200; every request is
+    held in the ledger's backlog and written once the store is back."""
+    with store_behind_a_cut() as (gw, cut, url, seen):
+        unseen = manage(url, lambda m: m.create_key("unseen")).secret
+        manage(url, lambda m: m.set_end_user("ann", LimitsInput(rpm=100)))
+        assert post(gw, seen, user="ann").status_code == 200
+        until(lambda: len(ledger_statuses(url)) == 1)
+        assert health(gw)["status"] == "ok"
+
+        cut.cut()
+        time.sleep(0.3)  # past auth.cache_ttl: each lookup now goes to the dead store
+        assert post(gw, seen).status_code == 200
+        assert post(gw, seen, user="ann").status_code == 200  # ann's overrides: last read
+        refused(post(gw, unseen), 503, "auth_unavailable")
+        refused(post(gw, seen, user="eve"), 503, "limits_unavailable")
+        h = health(gw)
+        assert h["status"] == "degraded" and h["store"]["ok"] is False
+        assert h["store"]["error"] == "ConnectionRefusedError"
+        assert httpx.get(gw.url + "/health/ready").status_code == 200
+        events = gw.wait_events(5)
+        assert [(e.outcome, e.status) for e in events[1:]] == [
+            (Outcome.SUCCESS, 200), (Outcome.SUCCESS, 200),
+            (Outcome.ERROR, 503), (Outcome.ERROR, 503),
+        ]  # fmt: skip
+        errors = {"backend": "none", "provider": "none", "error_type": "server_error"}
+        assert gw.metric("llm_errors_total", model="none", **errors) == 1  # the unseen key
+        assert gw.metric("llm_errors_total", model="chat", **errors) == 1  # eve
+        until(lambda: gw.metric("tollhouse_ledger_write_errors_total") >= 1)
+        assert gw.metric("tollhouse_ledger_backlog") == 4
+        assert len(ledger_statuses(url)) == 1
+
+        cut.restore()
+        until(lambda: ledger_statuses(url) == [200, 200, 200, 503, 503])
+        assert post(gw, unseen).status_code == 200
+        until(lambda: health(gw)["status"] == "ok")
+        assert gw.metric("tollhouse_ledger_backlog") == 0
+
+
+def test_stale_if_error_zero_refuses_even_known_keys_while_the_store_is_down() -> None:
+    """``auth.stale_if_error: 0``: no last answer is trusted, so the key served a moment
+    ago is refused with a 503 (not a 401: the key may well be valid) until the store is
+    back."""
+    with store_behind_a_cut(stale_if_error=0) as (gw, cut, _url, seen):
+        assert post(gw, seen).status_code == 200
+        cut.cut()
+        time.sleep(0.3)
+        refused(post(gw, seen), 503, "auth_unavailable")
+        cut.restore()
+        until(lambda: post(gw, seen).status_code == 200)
+
+
+def test_stale_answers_last_only_stale_if_error_seconds() -> None:
+    """``auth.stale_if_error: 1``: the key seen before the outage is served for a second
+    of it, then refused; the 503 does not count as a failed authentication."""
+    with store_behind_a_cut(stale_if_error=1) as (gw, cut, _url, seen):
+        assert post(gw, seen).status_code == 200
+        looked_up = time.monotonic()
+        cut.cut()
+        time.sleep(0.3)
+        assert post(gw, seen).status_code == 200
+        time.sleep(max(0.0, looked_up + 1.2 - time.monotonic()))
+        refused(post(gw, seen), 503, "auth_unavailable")
+        assert gw.total("tollhouse_auth_failures_total") == 0
+        cut.restore()
+
+
+def test_a_redis_outage_refuses_limited_requests_clearly_and_recovers() -> None:
+    """Limits in Redis, Redis gone: a request a limit applies to gets a 503
+    ``limits_unavailable`` (the gateway does not fail open), the admin health names
+    Redis; once Redis is back, the same request is served again."""
+    need(redis_available(), "Redis is not reachable at 127.0.0.1:6379")
+    prefix = f"tollhouse-test-{uuid.uuid4().hex[:8]}:"
+    try:
+        with Forwarder(6379) as cut:
+            config = mock_config()
+            config["limits"] = {"backend": "redis", "redis_prefix": prefix,
+                                "redis_url": f"redis://127.0.0.1:{cut.port}/0"}  # fmt: skip
+            config["rate_limits"] = [{"scope": "backend", "name": "mock", "rpm": 1000}]
+            with run_gateway(config, environ=ENV) as gw:
+                assert post(gw).status_code == 200
+                cut.cut()
+                refused(post(gw), 503, "limits_unavailable")
+                h = health(gw)
+                assert h["status"] == "degraded" and h["redis"]["ok"] is False
+                assert h["store"]["ok"] is True
+                cut.restore()
+                until(lambda: post(gw).status_code == 200)
+                until(lambda: health(gw)["status"] == "ok")
+                statuses = [e.status for e in gw.wait_events(3)]
+                assert statuses[:2] == [200, 503] and statuses[-1] == 200
+    finally:
+        delete_redis_prefix(prefix)
+
+
+@pytest.mark.parametrize("begun", [False, True], ids=["before-the-answer", "mid-answer"])
+def test_a_crash_inside_the_gateway_is_a_counted_500_not_a_success(
+    monkeypatch: pytest.MonkeyPatch, begun: bool
+) -> None:
+    """A bug in a handler (played by one that raises) reaches the client as an
+    OpenAI-style 500 that names the request id, and its event says error/500; if the
+    answer had already begun, the client's response is cut short and the event is the
+    same. Without the error boundary's last resort, the event said success/200."""
+
+    async def broken(gw: Any, ctx: Any, scope: Any, receive: Any, send: Any) -> None:
+        if begun:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(routes.PROXIED, "/v1/chat/completions", ("chat", broken))
+    with run_gateway(mock_config()) as gw:
+        if begun:
+            with pytest.raises(httpx.RemoteProtocolError):
+                post(gw)
+        else:
+            r = post(gw)
+            refused(r, 500, "internal_error")
+            assert r.headers["x-request-id"] in r.json()["error"]["message"]
+        (event,) = gw.wait_events(1)
+        assert (event.outcome, event.status) == (Outcome.ERROR, 500)
+        assert gw.metric("llm_errors_total", model="none", backend="none", provider="none",
+                         error_type="unknown") == 1  # fmt: skip
+        assert httpx.get(gw.v1 + "/models").status_code == 200  # the process keeps serving
