@@ -61,7 +61,7 @@ def rows(count: int, now: datetime, seed: int = 1) -> Iterator[tuple[Any, ...]]:
             f"end-user-{rng.randrange(200)}", model, backend, provider, model, stream, outcome,
             200 if outcome == "success" else 500, error, tin, tout, tin // 4, 0, 0,
             "reported", tin * 2_500_000 + tout * 10_000_000, "genai-prices", duration,
-            duration * 0.95, duration * 0.2 if stream else None,
+            duration * 0.95, duration * 0.2 if stream else None, f"bench-{seed}-{i}",
         )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ import random
 import resource
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import uvloop
@@ -61,6 +62,7 @@ async def run(rows: int, seconds: float, busy_us: float, idle_us: float) -> None
             started = time.perf_counter()
             end = started + seconds
             while time.perf_counter() < end:
+                batch = [{**row, "event_id": uuid.uuid4().hex} for row in batch]  # new rows
                 t = time.perf_counter()
                 await repo.insert(batch)
                 times.append(time.perf_counter() - t)

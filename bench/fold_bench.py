@@ -17,6 +17,7 @@ import asyncio
 import random
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def ledger_row(i: int, rng: random.Random) -> dict[str, Any]:
         "cached_input_tokens": 0, "cache_write_input_tokens": 0, "reasoning_tokens": 0,
         "token_source": "reported", "cost_pusd": rng.randint(0, 10**9), "price_source": None,
         "duration_ms": rng.uniform(1, 5000), "upstream_ms": None, "ttft_ms": None,
+        "event_id": uuid.uuid4().hex,  # unique, as the ledger writer makes them
     }  # fmt: skip
 
 

@@ -3,7 +3,11 @@
 PostgreSQL and Redis are real here; what cannot be arranged against a shared server is
 its outage. ``Forwarder`` sits between the gateway and the server: ``cut()`` drops every
 open connection and refuses new ones (as a stopped server does), ``restore()`` listens
-again on the same port. Threads, not asyncio, so it runs beside a gateway in any loop.
+again on the same port. ``lose_reply(after, to)`` plays the rarer failure: on the first
+connection that sends ``after`` and then ``to``, the ``to`` message reaches the server
+but the server's reply never reaches the client, whose connection is then reset (a
+commit that landed, its acknowledgement lost). Threads, not asyncio, so it runs beside
+a gateway in any loop.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from types import TracebackType
 
 _POLL = 0.05  # how often the accept loop looks for a cut
@@ -23,6 +28,10 @@ class Forwarder:
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._lose: tuple[bytes, bytes] | None = None
+        self._primed: set[socket.socket] = set()  # clients that sent ``after``
+        self._deaf: set[socket.socket] = set()  # clients whose replies are dropped
+        self.reply_lost = threading.Event()
         probe = socket.create_server(("127.0.0.1", 0))
         self.port = int(probe.getsockname()[1])
         probe.close()
@@ -56,6 +65,26 @@ class Forwarder:
                 _close(sock)
             self._sockets.clear()
 
+    def lose_reply(self, after: bytes, to: bytes) -> None:
+        """Arm a one-shot lost reply: see the module docstring."""
+        self._lose = (after, to)
+        self.reply_lost.clear()
+
+    def _watch(self, client: socket.socket, data: bytes) -> bool:
+        """Whether ``data`` from ``client`` is the message whose reply is to be lost."""
+        lose = self._lose
+        if lose is None:
+            return False
+        if client not in self._primed:
+            if lose[0] in data:
+                self._primed.add(client)
+            return False
+        if lose[1] not in data:
+            return False
+        self._lose = None
+        self._deaf.add(client)
+        return True
+
     def _accept(self, listener: socket.socket) -> None:
         while self._listener is listener:
             try:
@@ -72,15 +101,31 @@ class Forwarder:
                 continue
             with self._lock:
                 self._sockets |= {client, server}
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            threading.Thread(target=self._up, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _up(self, client: socket.socket, server: socket.socket) -> None:
         try:
-            while data := src.recv(65536):
-                dst.sendall(data)
+            while data := client.recv(65536):
+                server.sendall(data)
+                if self._watch(client, data):
+                    time.sleep(0.3)  # the server acts on it and replies into the void
+                    self.reply_lost.set()
+                    break
         except OSError:
             pass
+        self._end(client, server)
+
+    def _down(self, server: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := server.recv(65536):
+                if client not in self._deaf:
+                    client.sendall(data)
+        except OSError:
+            pass
+        self._end(server, client)
+
+    def _end(self, src: socket.socket, dst: socket.socket) -> None:
         for sock in (src, dst):
             _close(sock)
         with self._lock:

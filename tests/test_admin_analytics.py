@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -140,6 +141,7 @@ def _row(i: int, ts: datetime, rng: random.Random) -> dict[str, Any]:
         "cost_pusd": rng.choice([None, rng.randint(0, 10**15)]), "price_source": None,
         "duration_ms": rng.uniform(1, 5000), "upstream_ms": None,
         "ttft_ms": rng.choice([None, rng.uniform(1, 100)]),
+        "event_id": uuid.uuid4().hex,  # unique, as the ledger writer makes them
     }  # fmt: skip
 
 

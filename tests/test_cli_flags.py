@@ -344,7 +344,7 @@ def ledger_rows(count: int) -> list[dict[str, Any]]:
             end_user="e1" if i < 3 else "ex", model=models[i],
             backend="b1" if i < 5 else "bx", provider="openai" if i < 6 else "anthropic",
         )  # fmt: skip
-        rows.append(event_row(event))
+        rows.append(event_row(event, f"usage-{i}"))
     return rows
 
 

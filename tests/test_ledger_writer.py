@@ -206,7 +206,7 @@ async def test_a_row_holds_every_field_of_its_event(store: Store) -> None:
         upstream_duration=None,
         ttft=0.125,
     )
-    assert tuple(event_row(event)) == LEDGER_COLUMNS
+    assert tuple(event_row(event, "e-1")) == LEDGER_COLUMNS
     writer, _ = writer_for(store)
     await writer.start()
     writer(event)
@@ -241,13 +241,18 @@ async def test_sqlite_stores_the_time_exactly_as_sqlalchemy_core_would(tmp_path:
         datetime(2026, 1, 1, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=2))),
         datetime(2026, 6, 30, 23, 59, 59, 999999, tzinfo=UTC),
     ]
-    rows = [{**event_row(replace(EVENT, request_id=f"fast-{i}")), "ts": ts}
+    rows = [{**event_row(replace(EVENT, request_id=f"fast-{i}"), f"fast-{i}"), "ts": ts}
             for i, ts in enumerate(times)]  # fmt: skip
     async with open_store("sqlite", tmp_path) as store:
         await LedgerRepo(store.engine).insert(rows)
         async with store.engine.begin() as conn:
             core = [
-                {**row, "request_id": row["request_id"].replace("fast", "core")} for row in rows
+                {
+                    **row,
+                    "request_id": row["request_id"].replace("fast", "core"),
+                    "event_id": row["event_id"].replace("fast", "core"),
+                }
+                for row in rows
             ]
             await conn.execute(ledger.insert(), core)
             stored = dict((await conn.execute(sa.text("SELECT request_id, ts FROM ledger"))).all())
@@ -273,7 +278,8 @@ async def test_rows_go_many_to_a_statement_and_all_arrive_in_order(
             sent.extend(len(p) // width for p in sets)
 
     sa.event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
-    rows = [event_row(replace(EVENT, request_id=f"r{i}", status=200 + i % 7)) for i in range(count)]
+    rows = [event_row(replace(EVENT, request_id=f"r{i}", status=200 + i % 7), f"e{i}")
+            for i in range(count)]  # fmt: skip
     await LedgerRepo(store.engine).insert(rows)
     async with store.engine.connect() as conn:
         got = (
@@ -301,9 +307,9 @@ async def test_a_batch_is_made_in_slices_so_requests_are_served_meanwhile(
     ticks = 0
     stretches: list[tuple[str, int]] = []  # (what, the tick it ran at), one per row
 
-    def ticking_row(event: UsageEvent) -> dict[str, Any]:
+    def ticking_row(event: UsageEvent, event_id: str) -> dict[str, Any]:
         stretches.append(("row", ticks))
-        return event_row(event)
+        return event_row(event, event_id)
 
     real_params = store_module._sqlite_params
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -58,7 +59,7 @@ async def test_migrate_creates_every_table_and_is_idempotent(url: str) -> None:
             versions = (
                 await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
             ).all()
-    assert [v for (v,) in versions] == ["0003"]
+    assert [v for (v,) in versions] == ["0004"]
 
 
 async def test_migrated_schema_matches_the_tables_module(store: Store) -> None:
@@ -196,6 +197,7 @@ def ledger_row(ts: datetime, cost: Decimal | None, **fields: Any) -> dict[str, A
     row.update({c: 0 for c in LEDGER_COLUMNS if c.endswith("_tokens")})
     row.update(duration_ms=1.0, upstream_ms=None, ttft_ms=None)
     row["cost_pusd"] = None if cost is None else int(cost.scaleb(12))
+    row["event_id"] = uuid.uuid4().hex  # unique, as the writer makes them
     row.update(fields)
     return row
 

@@ -11,8 +11,10 @@ new rows keep queueing behind it (``backlog`` shows the growth). Loss is
 bounded to rows still queued when the process is killed, or when ``stop``'s
 final timeout expires with the database still unreachable; ``stop`` logs that
 count. A commit whose acknowledgement is lost (connection dropped after the
-database committed) is retried too, so such a batch can be written twice:
-the ledger is at-least-once, and ``request_id`` identifies a duplicate.
+database committed) is retried too, and must not count twice: each row carries an
+``event_id`` (this writer's random prefix and the event's place in its queue, the
+same on every attempt), and the insert skips ids already present. ``request_id``
+cannot serve: clients choose it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import secrets
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -46,8 +49,9 @@ def cost_to_pusd(cost: Decimal | None) -> int | None:
     return int(cost.scaleb(12).to_integral_value(ROUND_HALF_EVEN))
 
 
-def event_row(event: UsageEvent) -> dict[str, Any]:
-    """The ledger row for ``event`` (keys are ``tables.LEDGER_COLUMNS``).
+def event_row(event: UsageEvent, event_id: str) -> dict[str, Any]:
+    """The ledger row for ``event`` (keys are ``tables.LEDGER_COLUMNS``), known by
+    ``event_id``, which must be unique in the ledger.
 
     Values are made storable here, once, because a row the database refuses
     would block every batch behind it: text loses NUL characters and lone
@@ -83,6 +87,7 @@ def event_row(event: UsageEvent) -> dict[str, Any]:
         "duration_ms": event.duration * 1000.0,
         "upstream_ms": _ms(event.upstream_duration),
         "ttft_ms": _ms(event.ttft),
+        "event_id": event_id,
     }
 
 
@@ -92,14 +97,18 @@ def event_row(event: UsageEvent) -> dict[str, Any]:
 ROWS_PER_SLICE = 64
 
 
-async def rows_of(events: Sequence[UsageEvent]) -> list[dict[str, Any]]:
-    """``event_row`` of each event, in order, letting the loop serve requests every
-    ``ROWS_PER_SLICE`` rows (``bench/stall_bench.py`` measures the stalls this avoids)."""
+async def rows_of(events: Sequence[UsageEvent], prefix: str, first: int) -> list[dict[str, Any]]:
+    """``event_row`` of each event, in order, the i-th known as ``prefix`` + ``first + i``
+    in hex, letting the loop serve requests every ``ROWS_PER_SLICE`` rows
+    (``bench/stall_bench.py`` measures the stalls this avoids)."""
     rows: list[dict[str, Any]] = []
     for start in range(0, len(events), ROWS_PER_SLICE):
         if start:
             await asyncio.sleep(0)
-        rows.extend(event_row(e) for e in events[start : start + ROWS_PER_SLICE])
+        rows.extend(
+            event_row(e, f"{prefix}{first + start + i:x}")
+            for i, e in enumerate(events[start : start + ROWS_PER_SLICE])
+        )
     return rows
 
 
@@ -149,6 +158,10 @@ class LedgerWriter:
         self._wake = asyncio.Event()  # set when a full batch is waiting, or on stop
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # Event ids: 64 random bits per writer, then the event's place in this writer's
+        # queue (rows written so far + its index), the same on every retry of its batch.
+        self._id_prefix = secrets.token_hex(8) + "-"
+        self._dequeued = 0
         self.written_total = 0
         self.write_errors_total = 0
 
@@ -239,7 +252,8 @@ class LedgerWriter:
         while self._queue and (
             len(self._queue) >= self._batch_size or owed > 0 or (self._stopping and everything)
         ):
-            batch = await rows_of(list(itertools.islice(self._queue, self._batch_size)))
+            head = list(itertools.islice(self._queue, self._batch_size))
+            batch = await rows_of(head, self._id_prefix, self._dequeued)
             try:
                 await self._ledger.insert(batch)
             except Exception as err:  # any failure: keep the rows, report, retry
@@ -254,6 +268,7 @@ class LedgerWriter:
             owed -= len(batch)
             for _ in batch:
                 self._queue.popleft()
+            self._dequeued += len(batch)
             self.written_total += len(batch)
             if failures:
                 log.info(

@@ -75,7 +75,8 @@ class LedgerRepo:
         self._sql: dict[int, str] = {}
 
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Append ``rows`` in one transaction: all are written or none is.
+        """Append ``rows`` in one transaction: all are written or none is. A row whose
+        ``event_id`` is already there is skipped, so writing a batch again is harmless.
 
         The ledger is the one table written on every request, so its batches go
         straight to the driver with positional tuples (prepared statements, rows
@@ -127,7 +128,11 @@ class LedgerRepo:
             quote = dialect.identifier_preparer.quote
             names = ", ".join(quote(c) for c in _COLUMNS)
             values = ", ".join([f"({marks})"] * rows)
-            sql = self._sql[rows] = f"INSERT INTO {quote(ledger.name)} ({names}) VALUES {values}"
+            # A retried batch whose first commit did land conflicts on event_id: skipped.
+            sql = self._sql[rows] = (
+                f"INSERT INTO {quote(ledger.name)} ({names}) VALUES {values} "
+                f"ON CONFLICT ({quote('event_id')}) DO NOTHING"
+            )
         return sql
 
     async def count_rows(self) -> int:

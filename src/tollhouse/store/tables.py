@@ -153,6 +153,10 @@ ledger = sa.Table(
     sa.Column("duration_ms", sa.Float, nullable=True),
     sa.Column("upstream_ms", sa.Float, nullable=True),
     sa.Column("ttft_ms", sa.Float, nullable=True),
+    # Unique per event, assigned by the writer: a retried batch's rows are skipped, not
+    # doubled (NULL in rows written before revision 0004).
+    sa.Column("event_id", sa.String, nullable=True),
+    sa.Index("ux_ledger_event_id", "event_id", unique=True),
     sa.Index(None, "key_alias", "ts"),
     sa.Index(None, "team", "ts"),
     sa.Index(None, "model", "ts"),
