@@ -6,8 +6,9 @@ open connection and refuses new ones (as a stopped server does), ``restore()`` l
 again on the same port. ``lose_reply(after, to)`` plays the rarer failure: on the first
 connection that sends ``after`` and then ``to``, the ``to`` message reaches the server
 but the server's reply never reaches the client, whose connection is then reset (a
-commit that landed, its acknowledgement lost). Threads, not asyncio, so it runs beside
-a gateway in any loop.
+commit that landed, its acknowledgement lost). ``freeze()`` plays a network partition:
+connections stay open and new ones are accepted, but no byte moves either way until
+``thaw()``. Threads, not asyncio, so it runs beside a gateway in any loop.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class Forwarder:
         self._primed: set[socket.socket] = set()  # clients that sent ``after``
         self._deaf: set[socket.socket] = set()  # clients whose replies are dropped
         self.reply_lost = threading.Event()
+        self._moving = threading.Event()  # cleared while frozen
+        self._moving.set()
         probe = socket.create_server(("127.0.0.1", 0))
         self.port = int(probe.getsockname()[1])
         probe.close()
@@ -65,6 +68,19 @@ class Forwarder:
                 _close(sock)
             self._sockets.clear()
 
+    def freeze(self) -> None:
+        """Hold every byte, both ways, and every new connection, until ``thaw()``."""
+        self._moving.clear()
+
+    def thaw(self) -> None:
+        self._moving.set()
+
+    def _hold(self, sock: socket.socket) -> None:
+        """Wait while frozen; give up if the connection was closed meanwhile (a cut)."""
+        while not self._moving.wait(_POLL):
+            if sock.fileno() < 0:
+                raise OSError("closed while frozen")
+
     def lose_reply(self, after: bytes, to: bytes) -> None:
         """Arm a one-shot lost reply: see the module docstring."""
         self._lose = (after, to)
@@ -94,6 +110,10 @@ class Forwarder:
             except OSError:
                 return  # closed by cut()
             client.settimeout(None)
+            while not self._moving.wait(_POLL):  # a partition: the handshake goes nowhere
+                if self._listener is not listener:
+                    _close(client)
+                    return
             try:
                 server = socket.create_connection(("127.0.0.1", self._target))
             except OSError:
@@ -107,6 +127,7 @@ class Forwarder:
     def _up(self, client: socket.socket, server: socket.socket) -> None:
         try:
             while data := client.recv(65536):
+                self._hold(client)
                 server.sendall(data)
                 if self._watch(client, data):
                     time.sleep(0.3)  # the server acts on it and replies into the void
@@ -119,6 +140,7 @@ class Forwarder:
     def _down(self, server: socket.socket, client: socket.socket) -> None:
         try:
             while data := server.recv(65536):
+                self._hold(server)
                 if client not in self._deaf:
                     client.sendall(data)
         except OSError:

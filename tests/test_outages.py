@@ -83,13 +83,16 @@ def ledger_statuses(url: str) -> list[int]:
 
 
 @contextmanager
-def store_behind_a_cut(**auth: Any) -> Iterator[tuple[RunningGateway, Forwarder, str, str]]:
+def store_behind_a_cut(
+    store: dict[str, Any] | None = None, **auth: Any
+) -> Iterator[tuple[RunningGateway, Forwarder, str, str]]:
     """A gateway whose PostgreSQL store is reached through a ``Forwarder``; yields the
     gateway, the forwarder, the direct database URL and one key's secret."""
     with postgres_database() as url, Forwarder(5432) as cut:
         secret = manage(url, lambda m: m.create_key("seen")).secret
         through = url.replace("127.0.0.1:5432", f"127.0.0.1:{cut.port}")
         config = gateway_config(through, auth={"required": True, "cache_ttl": 0.2, **auth})
+        config["store"].update(store or {})
         config["ledger"] = {"flush_interval": 0.05, "retry_interval": 0.2}
         with run_gateway(config, environ=ENV) as gw:
             yield gw, cut, url, secret
@@ -132,9 +135,34 @@ def test_a_store_outage_keeps_known_keys_served_and_loses_no_row() -> None:
 
         cut.restore()
         until(lambda: ledger_statuses(url) == [200, 200, 200, 503, 503])
-        assert post(gw, unseen).status_code == 200
+        until(lambda: post(gw, unseen).status_code == 200)  # after a 1 s pause at most
         until(lambda: health(gw)["status"] == "ok")
         assert gw.metric("tollhouse_ledger_backlog") == 0
+
+
+def test_a_store_that_stops_answering_holds_no_request_past_store_timeout() -> None:
+    """A partition: nothing is refused, no byte moves. With ``store.timeout: 1`` the key
+    seen before is served its last answer after at most the timeouts of one lookup
+    (the pooled connection's ping, then a new connection's), an unseen key right after is
+    refused at once (the store is left alone for a second after a failure), and once the
+    partition heals every request is in the ledger. Without the timeout the first
+    request waited on the store for as long as TCP would (the client gave up first)."""
+    with store_behind_a_cut({"timeout": 1}) as (gw, cut, url, seen):
+        unseen = manage(url, lambda m: m.create_key("unseen")).secret
+        assert post(gw, seen).status_code == 200
+        cut.freeze()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert post(gw, seen).status_code == 200
+        assert time.monotonic() - started < 3.5
+        started = time.monotonic()
+        refused(post(gw, unseen), 503, "auth_unavailable")
+        assert time.monotonic() - started < 0.5
+        cut.thaw()
+        until(lambda: post(gw, unseen).status_code == 200)
+        until(lambda: [e.status for e in gw.events].count(200) == 3)  # the last one's too
+        served = sorted(e.status for e in gw.events)  # and a 503 for each post retried
+        until(lambda: ledger_statuses(url) == served)
 
 
 def test_stale_if_error_zero_refuses_even_known_keys_while_the_store_is_down() -> None:

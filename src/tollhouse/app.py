@@ -94,7 +94,7 @@ class App:
             self.prober = Prober(router, config)
             await self.prober.start()
             stack.push_async_callback(self.prober.stop)
-            store = Store(config.store.url)
+            store = Store(config.store.url, config.store.timeout)
             stack.push_async_callback(store.aclose)
             if config.store.migrate_on_start:
                 await migrate(config.store.url)

@@ -205,6 +205,7 @@ class StoreConfig(_Strict):
 
     url: str = "sqlite+aiosqlite:///tollhouse.db"
     migrate_on_start: bool = True
+    timeout: float = Field(default=10.0, gt=0)
 
 
 class LedgerConfig(_Strict):

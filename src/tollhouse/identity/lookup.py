@@ -8,6 +8,11 @@ answer, so callers already seen ride out the outage; any other lookup raises
 ``StoreUnreadable`` for the caller to turn into a clear 503. The trade is explicit:
 during an outage a change made since an entry's last lookup (a key blocked, a budget
 lowered) is not seen for at most that window; ``0`` turns it off.
+
+A store that stops answering (rather than refusing) costs a lookup ``store.timeout``
+before it fails. So after a failure the store is left alone for ``RECHECK`` seconds:
+lookups meanwhile answer from what is cached, or fail, at once, and only the first
+one after the pause waits on the store again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Generic, TypeVar
 V = TypeVar("V")
 
 log = logging.getLogger("tollhouse")
+
+RECHECK = 1.0  # seconds without trying the store after a failed lookup
 
 
 class StoreUnreadable(Exception):
@@ -43,6 +50,7 @@ class LookupCache(Generic[V]):
         self._clock = clock
         self._entries: dict[str, tuple[float, V]] = {}  # key -> (looked up at, answer)
         self._down = False  # log an outage once, not once per request
+        self._retry_at = 0.0  # while the store is down: when to try it again
 
     def clear(self) -> None:
         self._entries.clear()
@@ -52,10 +60,12 @@ class LookupCache(Generic[V]):
         cached = self._entries.get(key)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
+        if self._down and now < self._retry_at:
+            return self._unreadable(None, cached, now)
         try:
             value = await load(key)
         except Exception as err:  # unreachable, timed out, refused: the store's problem
-            return self._unreadable(err, cached, now)
+            return self._unreadable(err, cached, self._clock())
         if self._down:
             self._down = False
             log.warning("store_lookup_recovered lookup=%s", self._what)
@@ -64,10 +74,13 @@ class LookupCache(Generic[V]):
         self._entries[key] = (now, value)
         return value
 
-    def _unreadable(self, err: Exception, cached: tuple[float, V] | None, now: float) -> V:
-        if not self._down:
-            self._down = True
-            log.error("store_lookup_failed lookup=%s error=%s", self._what, type(err).__name__)
+    def _unreadable(self, err: Exception | None, cached: tuple[float, V] | None, now: float) -> V:
+        """``err``: what the store just raised; ``None`` when it was not asked (paused)."""
+        if err is not None:
+            self._retry_at = now + RECHECK
+            if not self._down:
+                self._down = True
+                log.error("store_lookup_failed lookup=%s error=%s", self._what, type(err).__name__)
         if cached is not None and now - cached[0] < self._stale:
             return cached[1]
         raise StoreUnreadable(self._what) from err

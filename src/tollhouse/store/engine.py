@@ -40,16 +40,27 @@ def is_sqlite_file(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
 
-def create_engine(url: str | URL) -> AsyncEngine:
+def create_engine(url: str | URL, timeout: float | None = None) -> AsyncEngine:
     """An async engine for ``url``; a relative SQLite path is relative to the working directory.
 
     The directory of a SQLite file is created if missing, so ``sqlite:///data/x.db``
     works on a fresh machine. Bound parameters are kept out of error messages:
     they are usage data and do not belong in logs.
+
+    ``timeout`` bounds, for a server database, connecting, each statement and the wait
+    for a pooled connection: a database that stops answering (a network partition
+    drops packets rather than refusing them) otherwise holds every request that
+    needs it until TCP gives up, hours later. Migrations pass none: building an
+    index on a large ledger may take longer.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+        if timeout is None:
+            return create_async_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+        return create_async_engine(
+            parsed, hide_parameters=True, pool_pre_ping=True, pool_timeout=timeout,
+            connect_args={"timeout": timeout, "command_timeout": timeout},
+        )  # fmt: skip
     if is_sqlite_file(parsed):
         assert parsed.database is not None
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -77,9 +88,9 @@ def _begin_sqlite(connection: sa.Connection) -> None:
 class Store:
     """The engine and the repositories over it; opened and closed by the app's lifespan."""
 
-    def __init__(self, url: str | URL) -> None:
+    def __init__(self, url: str | URL, timeout: float | None = None) -> None:
         self.url = normalize_url(url)
-        self.engine = create_engine(self.url)
+        self.engine = create_engine(self.url, timeout)
         self.teams = Teams(self.engine)
         self.users = Users(self.engine)
         self.keys = Keys(self.engine)
