@@ -13,12 +13,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import redis
 
 from tests.conftest import (
     RunningGateway,
@@ -33,7 +36,14 @@ from tests.conftest import (
 from tests.keyhelpers import gateway_config, manage
 from tests.tcp_cut import Forwarder
 from tollhouse.accounting.event import Outcome
+from tollhouse.config import parse_config
 from tollhouse.identity.manage import LimitsInput
+from tollhouse.identity.principal import BudgetRule
+from tollhouse.limits import admission as admission_module
+from tollhouse.limits.admission import Admission
+from tollhouse.limits.base import Admitted, BudgetState, Settlement
+from tollhouse.limits.memory import MemoryLimits
+from tollhouse.limits.policy import nano_usd
 from tollhouse.proxy import routes
 
 ADMIN_KEY = "outage-admin-key-0123456789"
@@ -250,3 +260,95 @@ def test_a_crash_inside_the_gateway_is_a_counted_500_not_a_success(
         assert gw.metric("llm_errors_total", model="none", backend="none", provider="none",
                          error_type="unknown") == 1  # fmt: skip
         assert httpx.get(gw.v1 + "/models").status_code == 200  # the process keeps serving
+
+
+def budget_hashes(prefix: str) -> dict[str, dict[str, int]]:
+    """Every budget counter under ``prefix``: name → {spent, reserved} in nano-USD."""
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
+    try:
+        out = {}
+        for key in client.scan_iter(match=prefix + "budget:*"):
+            out[key] = {"spent": 0, **{k: int(v) for k, v in client.hgetall(key).items()}}
+        return out
+    finally:
+        client.close()
+
+
+def test_a_settlement_waits_out_a_redis_outage_instead_of_being_dropped() -> None:
+    """A request admitted against a Redis budget finishes while Redis is away, and Redis
+    stays away for longer than a few quick retries (6 s). Once it is back, the request's
+    reservation is released and its real cost is in the budget's spend, to the nano-USD.
+    Before, the settlement was dropped after five tries: the budget never saw the spend,
+    and the reservation stayed held for as long as the gateway ran, refusing requests
+    that fit."""
+    need(redis_available(), "Redis is not reachable at 127.0.0.1:6379")
+    prefix = f"tollhouse-test-{uuid.uuid4().hex[:8]}:"
+    try:
+        with Forwarder(6379) as cut:
+            config = mock_config()
+            config["backends"][0]["timeouts"]["read"] = 5
+            config["models"].append({"name": "wait", "backend": "mock", "model": "echo-delay-800"})
+            config["limits"] = {"backend": "redis", "redis_prefix": prefix,
+                                "redis_url": f"redis://127.0.0.1:{cut.port}/0"}  # fmt: skip
+            config["budgets"] = [{"scope": "backend", "name": "mock", "max_usd": "10",
+                                  "period": "daily"}]  # fmt: skip
+            with run_gateway(config) as gw, ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(post, gw, None, model="wait")
+                until(lambda: any(b["reserved"] for b in budget_hashes(prefix).values()))
+                cut.cut()
+                assert answer.result().status_code == 200
+                (event,) = gw.wait_events(1)
+                time.sleep(6)
+                cut.restore()
+                assert event.cost is not None
+                settled = {"spent": nano_usd(event.cost), "reserved": 0}
+                until(lambda: list(budget_hashes(prefix).values()) == [settled], within=15)
+    finally:
+        delete_redis_prefix(prefix)
+
+
+class _AwayLimits(MemoryLimits):
+    """Memory counters whose settle fails ``failures`` times (forever with ``None``)."""
+
+    def __init__(self, failures: int | None) -> None:
+        super().__init__()
+        self.failures, self.tries = failures, 0
+
+    async def settle(self, admitted: Admitted, outcome: Settlement) -> None:
+        self.tries += 1
+        if self.failures is None or self.tries <= self.failures:
+            raise ConnectionError("limits store away")
+        await super().settle(admitted, outcome)
+
+
+async def test_settlements_are_retried_past_five_failures_and_shutdown_gives_up_in_time(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve failures in a row, then the settlement lands (it used to be dropped after
+    five). A store that never comes back holds shutdown for ``timeout``, no longer, and
+    the loss is logged with its count. (Pauses shortened: 10 ms steps.)"""
+    monkeypatch.setattr(admission_module, "RETRY_STEP", 0.01)
+    config = parse_config({**mock_config(), "budgets": [
+        {"scope": "backend", "name": "mock", "max_usd": "1", "period": "daily"}]})  # fmt: skip
+    rules = ([BudgetRule("backend", "mock", 1_000_000_000, "daily", None)], [])
+    flaky = _AwayLimits(failures=12)
+    admission = Admission(flaky, config)
+    await admission.start()
+    ticket = await admission.admit(rules, Decimal("0.5"), 100)
+    assert ticket is not None
+    admission.release(ticket)
+    await admission.stop(timeout=30)
+    assert flaky.tries == 13
+    assert await flaky.budget_states([ticket.plan.budgets[0].name]) == [BudgetState(0, 0)]
+
+    away = _AwayLimits(failures=None)
+    admission = Admission(away, config)
+    await admission.start()
+    for _ in range(3):
+        ticket = await admission.admit(rules, Decimal("0.1"), 10)
+        assert ticket is not None
+        admission.release(ticket)
+    started = time.monotonic()
+    await admission.stop(timeout=0.5)
+    assert 0.5 <= time.monotonic() - started < 1.5
+    assert any("settlements_lost count=3" in r.getMessage() for r in caplog.records)

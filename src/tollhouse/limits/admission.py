@@ -7,12 +7,20 @@ call, and either returns a ``Ticket`` or raises ``Rejected`` (429).
 ``Admission.settle`` hands the real numbers back when the request's
 UsageEvent exists; settlements are applied in the background, in order, and
 drained on shutdown so no reservation is left hanging.
+
+A settlement that fails (Redis restarting, a network cut) is retried until it is
+applied, never dropped: dropping it would leave the request's spend out of its
+budgets and its worst case reserved for as long as the gateway runs, refusing
+requests that fit. While Redis is away, new limited requests are refused anyway
+(``LimitsUnavailable``), so only the requests in flight when it went wait here.
+Only shutdown gives up, after ``STOP_TIMEOUT``, and says how many it dropped. A
+settlement whose reply was lost after Redis applied it is applied again: its spend
+counts twice, the conservative direction for a budget.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,8 +34,13 @@ from tollhouse.identity.principal import BudgetRule, Principal, RateRule
 from tollhouse.limits.base import Admitted, LimitsBackend, Settlement
 from tollhouse.limits.policy import Plan, nano_usd, plan, rate_headers, rejection
 from tollhouse.store.models import Limits
+from tollhouse.tasks import cancel_and_wait
 
 log = logging.getLogger("tollhouse.limits")
+
+STOP_TIMEOUT = 10.0  # seconds shutdown waits for settlements Redis cannot take
+RETRY_STEP = 0.2  # the pause after a settlement's n-th failure is n times this
+RETRY_MAX = 2.0  # the longest pause between two tries of one settlement
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,27 +139,41 @@ class Admission:
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="tollhouse-settle")
 
-    async def stop(self) -> None:
-        """Apply every queued settlement, then stop the worker."""
-        if self._worker is None:
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> None:  # noqa: ASYNC109
+        """Apply every queued settlement, for up to ``timeout`` seconds, then stop."""
+        worker, self._worker = self._worker, None
+        if worker is None:
             return
         self._queue.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
-        self._worker = None
+        done, _ = await asyncio.wait({worker}, timeout=timeout)
+        if not done:
+            await cancel_and_wait(worker)
+            log.error(
+                "settlements_lost count=%d: the limits store stayed unreachable while "
+                "stopping; their reservations stay held until this replica's lease is swept",
+                self._queue.qsize(),  # the one being tried, plus those queued, less the None
+            )
 
     async def _run(self) -> None:
         while True:
             item = await self._queue.get()
             if item is None:
                 return
-            admitted, outcome = item
-            for attempt in range(5):
-                try:
-                    await self.backend.settle(admitted, outcome)
-                    break
-                except Exception as err:  # a shared store hiccup must not lose the settlement
-                    log.warning(
-                        "settle_failed attempt=%d error=%s", attempt + 1, type(err).__name__
-                    )
-                    await asyncio.sleep(0.2 * (attempt + 1))
+            await self._apply(*item)
+
+    async def _apply(self, admitted: Admitted, outcome: Settlement) -> None:
+        """Settle one ticket, retrying (backing off up to ``RETRY_MAX``) until it lands."""
+        failures = 0
+        while True:
+            try:
+                await self.backend.settle(admitted, outcome)
+            except Exception as err:  # a shared store away: the settlement must not be lost
+                failures += 1
+                if failures == 1:
+                    log.warning("settle_failed error=%s backlog=%d: retrying until applied",
+                                type(err).__name__, self._queue.qsize())  # fmt: skip
+                await asyncio.sleep(min(RETRY_MAX, RETRY_STEP * failures))
+                continue
+            if failures:
+                log.info("settle_recovered attempts=%d", failures + 1)
+            return
