@@ -25,6 +25,7 @@ from tollhouse.admin.runtime import AdminRuntime
 from tollhouse.errors import BadRequest, GatewayError, MethodNotAllowed, RouteNotFound
 from tollhouse.proxy.asgi import request_id
 from tollhouse.proxy.responses import error_body
+from tollhouse.store.engine import unreachable
 from tollhouse.store.models import Conflict, MissingReference
 
 log = logging.getLogger("tollhouse.admin")
@@ -40,6 +41,14 @@ class AlreadyExists(GatewayError):
 
 class NotFound(RouteNotFound):
     code = "not_found"
+
+
+class StoreUnavailable(GatewayError):
+    """503: the store could not be reached; the same call may well work in a moment."""
+
+    status = 503
+    type = "api_error"
+    code = "store_unavailable"
 
 
 def build_admin_app(rt: AdminRuntime) -> Any:
@@ -93,6 +102,11 @@ def _error_handlers(app: FastAPI) -> None:
         return _respond(BadRequest(str(err)), request)  # ValueError, MissingReference
 
     async def crash(request: Request, err: Exception) -> Response:
+        if unreachable(err):
+            log.warning("admin_store_unavailable path=%s error=%s", request.url.path,
+                        type(err).__name__)  # fmt: skip
+            return _respond(StoreUnavailable("The store cannot be reached right now; try again "
+                                             "shortly."), request)  # fmt: skip
         log.error("admin_request_failed path=%s error=%s", request.url.path,
                   type(err).__name__, exc_info=err)  # fmt: skip
         return _respond(GatewayError("internal error; see the gateway log"), request)
@@ -132,12 +146,12 @@ class _Counted:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         rid = request_id(scope)
         scope[REQUEST_ID] = rid
-        status = 500
+        status, answered = 500, False
 
         async def tagged(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 headers = [h for h in message.get("headers", []) if h[0] != b"x-request-id"]
                 message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
             await send(message)
@@ -145,7 +159,9 @@ class _Counted:
         try:
             await self.app(scope, receive, tagged)
         except Exception:
-            if status == 500:  # the error handler already answered 500 and logged it
+            # Starlette re-raises what its catch-all handler answered (a 500, or a 503
+            # for an unreachable store) once the answer is sent: handled, and logged there.
+            if answered:
                 return
             raise
         finally:

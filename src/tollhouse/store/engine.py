@@ -70,6 +70,19 @@ def create_engine(url: str | URL, timeout: float | None = None) -> AsyncEngine:
     return engine
 
 
+def unreachable(err: BaseException) -> bool:
+    """Whether ``err`` says the database could not be reached (refused, timed out, the
+    connection lost), as opposed to a statement it refused: a caller may answer 503 and
+    expect the same call to work later."""
+    if isinstance(err, OSError):  # refused, reset, and TimeoutError (connect, command)
+        return True
+    if isinstance(err, sa.exc.DBAPIError):
+        return err.connection_invalidated or isinstance(
+            err, (sa.exc.OperationalError, sa.exc.InterfaceError)
+        )
+    return False
+
+
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (_begin_sqlite)
     cursor = dbapi_connection.cursor()
