@@ -144,6 +144,7 @@ class App:
             finally:
                 gw.ready = False
                 self.gateway = None
+                await gw.drained(timeout=5.0)  # before the sinks close (the stack unwinds)
 
     def _env(self) -> Mapping[str, str]:
         return os.environ if self._environ is None else self._environ

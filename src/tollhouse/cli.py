@@ -86,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
         "lifespan": "on",
         "access_log": False,
         "log_level": server.log_level,
-        "timeout_graceful_shutdown": 30,
+        "timeout_graceful_shutdown": server.shutdown_timeout,
     }
     if args.workers > 1:  # each worker configures its logging in app_from_env
         uvicorn.run(_prepare_workers(args, config), factory=True, workers=args.workers, **options)

@@ -185,6 +185,16 @@ class AuthUnavailable(GatewayError):
     error_type = ErrorType.SERVER_ERROR
 
 
+class ShuttingDown(GatewayError):
+    """503: the request was still running when the gateway's shutdown stopped waiting
+    for it (``server.shutdown_timeout``); another replica can serve it."""
+
+    status = 503
+    type = "api_error"
+    code = "gateway_shutting_down"
+    error_type = ErrorType.SERVER_ERROR
+
+
 class UpstreamFailed(GatewayError):
     """An ``UpstreamError`` translated for the client (status chosen by ``from_upstream``)."""
 

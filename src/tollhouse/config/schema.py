@@ -175,6 +175,7 @@ class ServerConfig(_Strict):
     access_log: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     on_disconnect: Literal["finish", "cancel"] = "finish"
+    shutdown_timeout: float = Field(default=30.0, ge=0)
 
     @field_validator("metrics_path")
     @classmethod

@@ -17,7 +17,7 @@ from tollhouse.accounting.event import Outcome
 from tollhouse.accounting.tokens import estimate_prompt_tokens
 from tollhouse.accounting.usage import Usage
 from tollhouse.cache import strip_flag
-from tollhouse.errors import ErrorType, UpstreamError, UpstreamFailed
+from tollhouse.errors import ErrorType, ShuttingDown, UpstreamError, UpstreamFailed
 from tollhouse.providers.base import StreamTranslator, UpstreamResponse
 from tollhouse.proxy import validate
 from tollhouse.proxy.abandon import Abandonment
@@ -55,11 +55,15 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
             if tap is not None and usage is not None:
                 await lookup.store(ctx, rebuild_stream(tap, usage), usage)
             return
-        payload = (
-            await call_upstream(ctx, dep, request)
-            if watch is None
-            else await watch.call_upstream(ctx, dep, request, prompt)
-        )
+        try:
+            payload = (
+                await call_upstream(ctx, dep, request)
+                if watch is None
+                else await watch.call_upstream(ctx, dep, request, prompt)
+            )
+        except asyncio.CancelledError:  # cut by the shutdown: the upstream had the prompt
+            ctx.estimated(Usage(input=prompt))
+            raise
         if payload is None:
             return  # the client left and the call was cancelled (on_disconnect: cancel)
         try:
@@ -123,7 +127,13 @@ async def _stream(
         complete = True
     except asyncio.CancelledError:
         if not watcher.done() or watcher.cancelled():
-            raise  # the server is shutting down, not the client leaving
+            # The server's shutdown gave up on this stream, not the client leaving.
+            cut = ShuttingDown("The gateway shut down before this answer was complete.")
+            ctx.fail(cut)
+            if relay is not None and relay.started:
+                ctx.status = 200  # the headers already said 200; the error goes in-stream
+                await relay.send_quietly(stream_error_event(cut))
+            raise
         task.uncancel()
         ctx.cancel(200 if relay is not None and relay.started else 499)
     except UpstreamError as err:
@@ -138,8 +148,8 @@ async def _stream(
         ctx.upstream_duration = perf() - started
         if resp is not None:
             await resp.aclose()
-        if translator is not None or ctx.outcome is Outcome.CANCELLED:
-            _settle_usage(ctx, translator, params, complete)
+        if translator is not None or ctx.outcome is not Outcome.SUCCESS:
+            _settle_usage(ctx, translator, params, complete)  # cancelled, or cut by shutdown
     if relay is not None:
         await relay.end()
     return translator.usage if complete and translator is not None else None

@@ -10,6 +10,8 @@ skipped and the request moves on to the next deployment.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 from dataclasses import dataclass, field
@@ -62,6 +64,8 @@ class Gateway:
     worst_prices: dict[str, Price | None] = field(default_factory=dict)
     in_flight: dict[str, Gauge] = field(default_factory=dict)  # each group's bound series
     cancel_abandoned: bool = field(init=False)  # server.on_disconnect: cancel
+    open_requests: int = 0  # proxied requests whose event is not emitted yet
+    all_done: asyncio.Event | None = None  # set when they are none, once ``drained`` waits
 
     def __post_init__(self) -> None:
         self.executor = Executor(self.router, self.rng)
@@ -155,8 +159,23 @@ class Gateway:
         elif isinstance(err, ModelNotAllowed):
             self.metrics.rejections.labels("permission", "key").inc()
 
+    async def drained(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait, up to ``timeout``, until every proxied request has emitted its event. At
+        shutdown the server cancels what outlived its grace period and then closes the
+        app at once; the cancelled requests still record themselves (a loop turn or two
+        later), and their events must reach the sinks before the ledger's last flush."""
+        if not self.open_requests:
+            return
+        self.all_done = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.all_done.wait()
+
     def done(self, ctx: RequestContext) -> None:
         """Turn the request into its one UsageEvent, hand it to every sink, settle limits."""
+        self.open_requests -= 1
+        if not self.open_requests and self.all_done is not None:
+            self.all_done.set()
         if ctx.group is not None:
             self._in_flight(ctx.group.name).dec()
         event = ctx.finish(self.prices)

@@ -17,7 +17,13 @@ from typing import Any
 import orjson
 
 from tollhouse.accounting.event import Outcome
-from tollhouse.errors import GatewayError, MethodNotAllowed, UpstreamError, UpstreamFailed
+from tollhouse.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    ShuttingDown,
+    UpstreamError,
+    UpstreamFailed,
+)
 from tollhouse.metrics.exposition import render
 from tollhouse.proxy import chat, embeddings
 from tollhouse.proxy.asgi import CLIENT_GONE, Scope, header, request_id, send_bytes
@@ -42,6 +48,7 @@ async def proxied(
     gw: Gateway, operation: str, handler: Handler, scope: Scope, receive: Any, send: Any
 ) -> None:
     ctx = RequestContext.begin(request_id(scope), operation)
+    gw.open_requests += 1  # until gw.done emits its event
     try:
         try:
             if scope["method"] != "POST":
@@ -63,6 +70,17 @@ async def proxied(
         ctx.fail(crash)
         with contextlib.suppress(Exception):  # unless the response had already begun
             await send_error(send, crash, response_headers(ctx))
+    except asyncio.CancelledError:
+        # The server's shutdown stopped waiting for this request (server.shutdown_timeout).
+        # A stream that had begun was marked by its relay; anything else gets a 503 that
+        # says so (the client can retry elsewhere), and its event says error, not success.
+        if ctx.outcome is Outcome.SUCCESS:
+            cut = ShuttingDown("The gateway shut down before this request was complete; "
+                               "retry it.")  # fmt: skip
+            ctx.fail(cut)
+            with contextlib.suppress(Exception):  # unless the response had already begun
+                await send_error(send, cut, response_headers(ctx))
+        raise
     finally:
         if ctx.outcome is Outcome.SUCCESS and scope.get(CLIENT_GONE):
             # The client left before the answer (its SDK timed out, say): the upstream
