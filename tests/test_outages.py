@@ -279,6 +279,35 @@ def test_a_crash_inside_the_gateway_is_a_counted_500_not_a_success(
         assert httpx.get(gw.v1 + "/models").status_code == 200  # the process keeps serving
 
 
+def test_a_redis_that_stops_answering_holds_a_request_at_most_redis_timeout() -> None:
+    """A partition between the gateway and Redis (nothing refused, no byte moves): with
+    ``limits.redis_timeout: 0.5`` the first limited request is refused after about that
+    long, and the next ones at once for a second; once the partition heals, requests
+    are served again. Without the timeout setting a call waited 5 s; without the pause,
+    every request did."""
+    need(redis_available(), "Redis is not reachable at 127.0.0.1:6379")
+    prefix = f"tollhouse-test-{uuid.uuid4().hex[:8]}:"
+    try:
+        with Forwarder(6379) as cut:
+            config = mock_config()
+            config["limits"] = {"backend": "redis", "redis_prefix": prefix, "redis_timeout": 0.5,
+                                "redis_url": f"redis://127.0.0.1:{cut.port}/0"}  # fmt: skip
+            config["rate_limits"] = [{"scope": "backend", "name": "mock", "rpm": 1000}]
+            with run_gateway(config) as gw:
+                assert post(gw).status_code == 200
+                cut.freeze()
+                started = time.monotonic()
+                refused(post(gw), 503, "limits_unavailable")
+                assert 0.4 < time.monotonic() - started < 2.5
+                started = time.monotonic()
+                refused(post(gw), 503, "limits_unavailable")
+                assert time.monotonic() - started < 0.3
+                cut.thaw()
+                until(lambda: post(gw).status_code == 200)
+    finally:
+        delete_redis_prefix(prefix)
+
+
 def budget_hashes(prefix: str) -> dict[str, dict[str, int]]:
     """Every budget counter under ``prefix``: name → {spent, reserved} in nano-USD."""
     client = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)

@@ -159,7 +159,9 @@ class App:
     def _limits_backend(self) -> LimitsBackend:
         limits = self.config.limits
         if limits.backend == "redis":
-            return RedisLimits(limits.redis_url, limits.redis_prefix)
+            return RedisLimits(limits.redis_url, limits.redis_prefix,
+                               pool_timeout=limits.redis_timeout,
+                               socket_timeout=limits.redis_timeout)  # fmt: skip
         return MemoryLimits()
 
     def _sinks(self, ledger: LedgerWriter, access_log: AccessLog | None) -> list[Sink]:

@@ -223,6 +223,7 @@ class LimitsConfig(_Strict):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "tollhouse:"
+    redis_timeout: float = Field(default=5.0, gt=0)
     reserve_output_tokens: int = Field(default=4096, ge=1)
     init_gauges: bool = False
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -45,6 +46,9 @@ from tollhouse.routing.router import Deployment, ModelGroup, Router
 
 log = logging.getLogger("tollhouse")
 
+LIMITS_RECHECK = 1.0  # seconds without asking a limits store that just failed
+_LIMITS_DOWN = "The gateway cannot check budgets and rate limits right now; try again shortly."
+
 
 @dataclass(slots=True)
 class Gateway:
@@ -65,6 +69,7 @@ class Gateway:
     in_flight: dict[str, Gauge] = field(default_factory=dict)  # each group's bound series
     cancel_abandoned: bool = field(init=False)  # server.on_disconnect: cancel
     open_requests: int = 0  # proxied requests whose event is not emitted yet
+    limits_retry_at: float = 0.0  # after a limits store failure: when to ask it again
     all_done: asyncio.Event | None = None  # set when they are none, once ``drained`` waits
 
     def __post_init__(self) -> None:
@@ -135,15 +140,18 @@ class Gateway:
             return None  # no limit applies: nothing to price, track or reserve
         self.snapshot.track(*rules)
         worst_cost = cost(worst, price) if price is not None else Decimal(0)
+        if self.limits_retry_at and time.monotonic() < self.limits_retry_at:
+            raise LimitsUnavailable(_LIMITS_DOWN)  # failed a moment ago: do not wait again
         try:
             return await self.admission.admit(rules, worst_cost, worst.input + worst.output)
         except GatewayError:
             raise
         except Exception as err:  # the counters' store is down: refuse, clearly and counted
+            # A store that stops answering costs each call limits.redis_timeout, so the
+            # requests of the next LIMITS_RECHECK seconds are refused without asking it.
+            self.limits_retry_at = time.monotonic() + LIMITS_RECHECK
             log.error("limits_unavailable error=%s", type(err).__name__)
-            raise LimitsUnavailable(
-                "The gateway cannot check budgets and rate limits right now; try again shortly."
-            ) from err
+            raise LimitsUnavailable(_LIMITS_DOWN) from err
 
     async def execute(self, ctx: RequestContext, call: Call) -> None:
         """Serve through the group's deployments, with retries and fallbacks."""
