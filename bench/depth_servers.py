@@ -200,7 +200,7 @@ class _Server(asyncio.Protocol):
             async def attempt(dep: Any) -> None:
                 request = dep.adapter.chat_request(body, dep.target, stream=False)
                 request.headers["x-request-id"] = ctx.request_id
-                payload = await call_upstream(ctx, dep, request)
+                payload = await call_upstream(ctx, dep, request, 0)
                 parsed = dep.adapter.parse_chat(payload, dep.target)
                 ctx.charge(parsed.usage)
                 ctx.status = 200

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from tollhouse.accounting.usage import Usage
 from tollhouse.providers.base import UpstreamRequest
 from tollhouse.proxy.asgi import CLIENT_GONE, ON_CLIENT_GONE, Scope
 from tollhouse.proxy.context import RequestContext
@@ -58,15 +57,14 @@ class Abandonment:
         self, ctx: RequestContext, dep: Deployment, request: UpstreamRequest, prompt_tokens: int
     ) -> bytes | None:
         """``exchange.call_upstream``; None when the client left meanwhile and the call was
-        cancelled. The request is then ``cancelled`` (499) and charged its prompt as an
-        estimate: the upstream had it, and reported no usage."""
+        cancelled. The request is then ``cancelled`` (499), charged its prompt as an
+        estimate (by ``call_upstream``: the upstream had it, and reported no usage)."""
         try:
-            return await call_upstream(ctx, dep, request)
+            return await call_upstream(ctx, dep, request, prompt_tokens)
         except asyncio.CancelledError:
             if not self.absorb():
                 raise
         ctx.cancel(499)
-        ctx.estimated(Usage(input=prompt_tokens))
         return None
 
     async def execute(self, ctx: RequestContext, attempts: Callable[[], Awaitable[None]]) -> None:

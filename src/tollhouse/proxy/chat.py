@@ -55,15 +55,11 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
             if tap is not None and usage is not None:
                 await lookup.store(ctx, rebuild_stream(tap, usage), usage)
             return
-        try:
-            payload = (
-                await call_upstream(ctx, dep, request)
-                if watch is None
-                else await watch.call_upstream(ctx, dep, request, prompt)
-            )
-        except asyncio.CancelledError:  # cut by the shutdown: the upstream had the prompt
-            ctx.estimated(Usage(input=prompt))
-            raise
+        payload = (
+            await call_upstream(ctx, dep, request, prompt)
+            if watch is None
+            else await watch.call_upstream(ctx, dep, request, prompt)
+        )
         if payload is None:
             return  # the client left and the call was cancelled (on_disconnect: cancel)
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from tollhouse.accounting.tokens import estimate_input_tokens
@@ -30,15 +29,11 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
     async def attempt(dep: Deployment) -> None:
         request = dep.adapter.embeddings_request(body, dep.target)
         request.headers["x-request-id"] = ctx.request_id
-        try:
-            payload = (
-                await call_upstream(ctx, dep, request)
-                if watch is None
-                else await watch.call_upstream(ctx, dep, request, tokens)
-            )
-        except asyncio.CancelledError:  # cut by the shutdown: the upstream had the input
-            ctx.estimated(Usage(input=tokens))
-            raise
+        payload = (
+            await call_upstream(ctx, dep, request, tokens)
+            if watch is None
+            else await watch.call_upstream(ctx, dep, request, tokens)
+        )
         if payload is None:
             return  # the client left and the call was cancelled (on_disconnect: cancel)
         try:

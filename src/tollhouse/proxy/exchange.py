@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from tollhouse.accounting.usage import Usage
 from tollhouse.limits.policy import tightest
 from tollhouse.providers.base import UpstreamRequest
 from tollhouse.proxy.asgi import Headers, send_bytes
@@ -40,8 +42,14 @@ def response_headers(ctx: RequestContext) -> Headers:
     return headers
 
 
-async def call_upstream(ctx: RequestContext, dep: Deployment, request: UpstreamRequest) -> bytes:
-    """Send, read the whole body, classify failures; time spent counts as waiting."""
+async def call_upstream(
+    ctx: RequestContext, dep: Deployment, request: UpstreamRequest, prompt_tokens: int
+) -> bytes:
+    """Send, read the whole body, classify failures; time spent counts as waiting.
+
+    A call cut short by a cancellation (its client leaving, with ``on_disconnect:
+    cancel``, or the server's shutdown giving up on it) is charged ``prompt_tokens`` as
+    an estimate: the upstream had the prompt and reported no usage."""
     started = perf()
     try:
         resp = await dep.transport.send(request)
@@ -49,6 +57,9 @@ async def call_upstream(ctx: RequestContext, dep: Deployment, request: UpstreamR
             payload = await resp.read()
         finally:
             await resp.aclose()
+    except asyncio.CancelledError:
+        ctx.estimated(Usage(input=prompt_tokens))
+        raise
     finally:
         ctx.upstream_duration = perf() - started
         ctx.waited += ctx.upstream_duration
