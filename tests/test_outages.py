@@ -151,23 +151,23 @@ def test_a_store_outage_keeps_known_keys_served_and_loses_no_row() -> None:
 
 
 def test_a_store_that_stops_answering_holds_no_request_past_store_timeout() -> None:
-    """A partition: nothing is refused, no byte moves. With ``store.timeout: 1`` the key
+    """A partition: nothing is refused, no byte moves. With ``store.timeout: 2`` the key
     seen before is served its last answer after at most the timeouts of one lookup
     (the pooled connection's ping, then a new connection's), an unseen key right after is
     refused at once (the store is left alone for a second after a failure), and once the
     partition heals every request is in the ledger. Without the timeout the first
     request waited on the store for as long as TCP would (the client gave up first)."""
-    with store_behind_a_cut({"timeout": 1}) as (gw, cut, url, seen):
+    with store_behind_a_cut({"timeout": 2}) as (gw, cut, url, seen):
         unseen = manage(url, lambda m: m.create_key("unseen")).secret
         assert post(gw, seen).status_code == 200
         cut.freeze()
         time.sleep(0.3)
         started = time.monotonic()
         assert post(gw, seen).status_code == 200
-        assert time.monotonic() - started < 3.5
+        assert time.monotonic() - started < 7  # two timeouts: the ping, then a reconnect
         started = time.monotonic()
         refused(post(gw, unseen), 503, "auth_unavailable")
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 1  # not another 2 s timeout
         cut.thaw()
         until(lambda: post(gw, unseen).status_code == 200)
         until(lambda: [e.status for e in gw.events].count(200) == 3)  # the last one's too
@@ -281,7 +281,7 @@ def test_a_crash_inside_the_gateway_is_a_counted_500_not_a_success(
 
 def test_a_redis_that_stops_answering_holds_a_request_at_most_redis_timeout() -> None:
     """A partition between the gateway and Redis (nothing refused, no byte moves): with
-    ``limits.redis_timeout: 0.5`` the first limited request is refused after about that
+    ``limits.redis_timeout: 1.5`` the first limited request is refused after about that
     long, and the next ones at once for a second; once the partition heals, requests
     are served again. Without the timeout setting a call waited 5 s; without the pause,
     every request did."""
@@ -290,7 +290,7 @@ def test_a_redis_that_stops_answering_holds_a_request_at_most_redis_timeout() ->
     try:
         with Forwarder(6379) as cut:
             config = mock_config()
-            config["limits"] = {"backend": "redis", "redis_prefix": prefix, "redis_timeout": 0.5,
+            config["limits"] = {"backend": "redis", "redis_prefix": prefix, "redis_timeout": 1.5,
                                 "redis_url": f"redis://127.0.0.1:{cut.port}/0"}  # fmt: skip
             config["rate_limits"] = [{"scope": "backend", "name": "mock", "rpm": 1000}]
             with run_gateway(config) as gw:
@@ -298,10 +298,10 @@ def test_a_redis_that_stops_answering_holds_a_request_at_most_redis_timeout() ->
                 cut.freeze()
                 started = time.monotonic()
                 refused(post(gw), 503, "limits_unavailable")
-                assert 0.4 < time.monotonic() - started < 2.5
+                assert 1.2 < time.monotonic() - started < 5
                 started = time.monotonic()
                 refused(post(gw), 503, "limits_unavailable")
-                assert time.monotonic() - started < 0.3
+                assert time.monotonic() - started < 0.75  # not another 1.5 s
                 cut.thaw()
                 until(lambda: post(gw).status_code == 200)
     finally:
@@ -396,5 +396,5 @@ async def test_settlements_are_retried_past_five_failures_and_shutdown_gives_up_
         admission.release(ticket)
     started = time.monotonic()
     await admission.stop(timeout=0.5)
-    assert 0.5 <= time.monotonic() - started < 1.5
+    assert 0.5 <= time.monotonic() - started < 3
     assert any("settlements_lost count=3" in r.getMessage() for r in caplog.records)
