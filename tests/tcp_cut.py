@@ -92,9 +92,10 @@ class Forwarder:
         if lose is None:
             return False
         if client not in self._primed:
-            if lose[0] in data:
-                self._primed.add(client)
-            return False
+            if lose[0] not in data:
+                return False
+            self._primed.add(client)
+            data = data[data.index(lose[0]) + len(lose[0]) :]  # ``to`` may follow at once
         if lose[1] not in data:
             return False
         self._lose = None

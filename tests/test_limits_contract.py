@@ -285,3 +285,20 @@ async def test_redis_errors_propagate() -> None:
             await backend.ping()
     finally:
         await backend.aclose()
+
+
+async def test_redis_applies_a_settlement_sent_twice_once() -> None:
+    """The gateway retries a settlement until it lands, so one whose reply was lost after
+    Redis applied it arrives twice; the ticket's marker makes the second a no-op. Another
+    admission's settlement still applies."""
+    async with redis_harness() as h:
+        b = h.backend
+        first = await admitted(b, budget("k", 1_000, 100), rate("r", 10))
+        second = await admitted(b, budget("k", 1_000, 100), rate("r", 10))
+        assert first.ticket and first.ticket != second.ticket
+        for _ in range(2):
+            await b.settle(first, Settlement(cost=40, rate_amounts=(1,)))
+        assert await b.budget_states(["budget:k"]) == [BudgetState(spent=40, reserved=100)]
+        await b.settle(second, Settlement(cost=30, rate_amounts=(1,)))
+        assert await b.budget_states(["budget:k"]) == [BudgetState(spent=70, reserved=0)]
+        assert await b.rate_counts(["rate:r"]) == [2]

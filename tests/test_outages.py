@@ -10,6 +10,7 @@ boundary, the client got uvicorn's plain-text 500 and the ledger a ``success`` r
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from tollhouse.config import parse_config
 from tollhouse.identity.manage import LimitsInput
 from tollhouse.identity.principal import BudgetRule
 from tollhouse.limits import admission as admission_module
+from tollhouse.limits import redis as redis_limits
 from tollhouse.limits.admission import Admission
 from tollhouse.limits.base import Admitted, BudgetState, Settlement
 from tollhouse.limits.memory import MemoryLimits
@@ -398,3 +400,33 @@ async def test_settlements_are_retried_past_five_failures_and_shutdown_gives_up_
     await admission.stop(timeout=0.5)
     assert 0.5 <= time.monotonic() - started < 3
     assert any("settlements_lost count=3" in r.getMessage() for r in caplog.records)
+
+
+def test_a_settlement_whose_reply_is_lost_is_applied_once() -> None:
+    """Redis runs a settlement whose reply never comes back (the forwarder drops it and
+    resets the connection). The gateway retries the settlement, as it retries any that
+    fails, and the ticket's marker makes the retry a no-op: the budget's spend is the
+    two requests' cost exactly. Without the marker the second request counted twice."""
+    need(redis_available(), "Redis is not reachable at 127.0.0.1:6379")
+    prefix = f"tollhouse-test-{uuid.uuid4().hex[:8]}:"
+    settle_sha = hashlib.sha1(redis_limits._SETTLE.encode()).hexdigest().encode()
+    try:
+        with Forwarder(6379) as cut:
+            config = mock_config()
+            config["limits"] = {"backend": "redis", "redis_prefix": prefix,
+                                "redis_url": f"redis://127.0.0.1:{cut.port}/0"}  # fmt: skip
+            config["budgets"] = [{"scope": "backend", "name": "mock", "max_usd": "10",
+                                  "period": "daily"}]  # fmt: skip
+            with run_gateway(config) as gw:
+                assert post(gw).status_code == 200  # the scripts are loaded: EVALSHA from now
+                until(lambda: [b["reserved"] for b in budget_hashes(prefix).values()] == [0])
+                cut.lose_reply(after=b"", to=settle_sha)
+                assert post(gw).status_code == 200
+                assert cut.reply_lost.wait(10), "no settlement went through the forwarder"
+                spent = sum(nano_usd(e.cost) for e in gw.wait_events(2) if e.cost is not None)
+                settled = [{"spent": spent, "reserved": 0}]
+                until(lambda: list(budget_hashes(prefix).values()) == settled)
+                time.sleep(1.0)  # a retry still on its way would show now
+                assert list(budget_hashes(prefix).values()) == settled
+    finally:
+        delete_redis_prefix(prefix)

@@ -14,8 +14,8 @@ budgets and its worst case reserved for as long as the gateway runs, refusing
 requests that fit. While Redis is away, new limited requests are refused anyway
 (``LimitsUnavailable``), so only the requests in flight when it went wait here.
 Only shutdown gives up, after ``STOP_TIMEOUT``, and says how many it dropped. A
-settlement whose reply was lost after Redis applied it is applied again: its spend
-counts twice, the conservative direction for a budget.
+settlement whose reply was lost after Redis applied it is sent again, and the
+backend applies it once (``limits.redis``: each admission's ticket).
 """
 
 from __future__ import annotations

@@ -48,13 +48,15 @@ class Admitted:
     """Everything was incremented. ``rate_counts[i]`` is counter i's value after the increment;
     ``budget_totals[i]`` is spent + reserved of budget i after the reservation. ``holder``
     names where the reservations are held (Redis: the admitting replica's lease), so
-    any replica can settle them."""
+    any replica can settle them; ``ticket`` names this admission, so a settlement sent
+    again (its first reply lost) is applied once."""
 
     budgets: tuple[BudgetCharge, ...]
     rates: tuple[RateCharge, ...]
     budget_totals: tuple[int, ...]
     rate_counts: tuple[int, ...]
     holder: str = ""
+    ticket: str = ""
 
 
 @dataclass(frozen=True, slots=True)

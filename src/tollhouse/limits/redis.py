@@ -12,7 +12,11 @@ Layout, every key prefixed with ``prefix``:
 - a rate counter is a string integer (INCRBY);
 - each replica's outstanding budget reservations are a HASH ``lease:<replica>``
   (budget key → nano-USD it reserved there), and ``replicas`` is a ZSET of
-  replica ids scored by their last heartbeat (Redis server time, ms).
+  replica ids scored by their last heartbeat (Redis server time, ms);
+- each settled admission leaves a marker string ``settled:<replica>:<n>`` for
+  ``SETTLED_TTL`` seconds, so a settlement sent again because its reply was lost
+  (the gateway retries them until they land) is applied once (about 100 bytes of
+  Redis memory per request for that long).
 
 A key gets its ``ttl`` when a charge creates it; later charges never shorten
 or extend it, so a counter lives exactly as long as its window (plus margin).
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -118,15 +123,21 @@ end
 return out
 """
 
-# KEYS: budget hashes (the first ARGV[1]), then rate counters, then this replica's
-# lease. ARGV: nb, cost, then reserved per budget and (real - charged) per rate counter.
+# KEYS: budget hashes (the first ARGV[1]), then rate counters, then the admitting
+# replica's lease, then the ticket's marker. ARGV: nb, cost, then reserved per budget
+# and (real - charged) per rate counter, then the marker's ttl. A ticket is settled
+# once: the marker is set on the first settlement, and a second one (sent again after
+# its reply was lost) changes nothing and returns 1.
 # A budget gets back only what the lease still holds for it (nothing, if a sweep
 # already released it); amounts written are formatted as integers ('%d'), since a
 # Lua number would otherwise reach Redis as e.g. '1e+15'.
 _SETTLE = """
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', ARGV[#ARGV]) then
+  return 1
+end
 local nb = tonumber(ARGV[1])
-local lease = KEYS[#KEYS]
-for i = 1, #KEYS - 1 do
+local lease = KEYS[#KEYS - 1]
+for i = 1, #KEYS - 2 do
   local key = KEYS[i]
   if i <= nb then
     local held = tonumber(redis.call('HGET', lease, key)) or 0
@@ -200,6 +211,7 @@ return 1
 
 
 HEARTBEAT = 5.0  # seconds between a replica's heartbeats (and sweeps)
+SETTLED_TTL = 300  # seconds a settled ticket's marker lasts: past any retry of a lost reply
 DEAD_AFTER = 30.0  # a replica silent this long has its reservations released
 
 
@@ -233,6 +245,7 @@ class RedisLimits:
         self._heartbeat = heartbeat
         self._dead_after_ms = int(dead_after * 1000)
         self._maintainer: asyncio.Task[None] | None = None
+        self._tickets = itertools.count()  # with the replica id: a ticket's unique name
         self._closing = False
         self._admit = self._redis.register_script(_ADMIT)
         self._settle = self._redis.register_script(_SETTLE)
@@ -296,6 +309,7 @@ class RedisLimits:
             budget_totals=tuple(result[1 : 1 + nb]),
             rate_counts=tuple(result[1 + nb :]),
             holder=self._lease,
+            ticket=f"{self.replica}:{next(self._tickets)}",
         )
 
     async def settle(self, admitted: Admitted, outcome: Settlement) -> None:
@@ -305,8 +319,9 @@ class RedisLimits:
             return
         names = [b.name for b in admitted.budgets] + [r.name for r in admitted.rates]
         keys = [self._prefix + name for name in names] + [admitted.holder or self._lease]
+        keys.append(f"{self._prefix}settled:{admitted.ticket or uuid.uuid4().hex}")
         args = [len(admitted.budgets), outcome.cost, *(b.amount for b in admitted.budgets)]
-        await self._settle(keys=keys, args=[*args, *deltas])
+        await self._settle(keys=keys, args=[*args, *deltas, SETTLED_TTL])
 
     async def budget_states(self, names: Sequence[str]) -> list[BudgetState]:
         if not names:
