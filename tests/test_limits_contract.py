@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from redis.asyncio import Redis
@@ -302,3 +302,24 @@ async def test_redis_applies_a_settlement_sent_twice_once() -> None:
         await b.settle(second, Settlement(cost=30, rate_amounts=(1,)))
         assert await b.budget_states(["budget:k"]) == [BudgetState(spent=70, reserved=0)]
         assert await b.rate_counts(["rate:r"]) == [2]
+
+
+async def test_redis_undoes_an_admission_only_if_it_was_applied() -> None:
+    """An admission whose reply was lost is undone by settling its ticket with
+    ``only_if_admitted``: it releases what that admission reserved and counted, once. A
+    ticket Redis never admitted changes nothing, and leaves other admissions alone."""
+    async with redis_harness() as h:
+        b = h.backend
+        assert isinstance(b, RedisLimits)
+        kept = await admitted(b, budget("k", 1_000, 100), rate("r", 10))
+        lost = await admitted(b, budget("k", 1_000, 200), rate("r", 10))
+        undo = Settlement(0, (0,), only_if_admitted=True)
+        for _ in range(2):
+            await b.settle(lost, undo)
+        assert await b.budget_states(["budget:k"]) == [BudgetState(spent=0, reserved=100)]
+        assert await b.rate_counts(["rate:r"]) == [1]
+        never = replace(lost, ticket=f"{b.replica}:never")
+        await b.settle(never, undo)
+        assert await b.budget_states(["budget:k"]) == [BudgetState(spent=0, reserved=100)]
+        await b.settle(kept, Settlement(cost=60, rate_amounts=(1,)))
+        assert await b.budget_states(["budget:k"]) == [BudgetState(spent=60, reserved=0)]

@@ -430,3 +430,38 @@ def test_a_settlement_whose_reply_is_lost_is_applied_once() -> None:
                 assert list(budget_hashes(prefix).values()) == settled
     finally:
         delete_redis_prefix(prefix)
+
+
+def test_an_admission_whose_reply_is_lost_is_refused_and_given_back() -> None:
+    """Redis applies an admission (reserving the worst case on the budget) and its reply
+    never comes back. The request is refused (503 ``limits_unavailable``), and the
+    reservation is given back once Redis answers again: the budget shows nothing
+    reserved and nothing spent, and the next request is served and charged exactly.
+    Before, the reservation stayed held until the budget's window ended."""
+    need(redis_available(), "Redis is not reachable at 127.0.0.1:6379")
+    prefix = f"tollhouse-test-{uuid.uuid4().hex[:8]}:"
+    admit_sha = hashlib.sha1(redis_limits._ADMIT.encode()).hexdigest().encode()
+    try:
+        with Forwarder(6379) as cut:
+            config = mock_config()
+            config["limits"] = {"backend": "redis", "redis_prefix": prefix,
+                                "redis_url": f"redis://127.0.0.1:{cut.port}/0"}  # fmt: skip
+            config["budgets"] = [{"scope": "backend", "name": "mock", "max_usd": "10",
+                                  "period": "daily"}]  # fmt: skip
+            with run_gateway(config) as gw:
+                assert post(gw).status_code == 200  # the scripts are loaded: EVALSHA from now
+                first = nano_usd(gw.wait_events(1)[0].cost or Decimal(0))
+                until(lambda: list(budget_hashes(prefix).values()) == [
+                    {"spent": first, "reserved": 0}])  # fmt: skip
+                cut.lose_reply(after=b"", to=admit_sha)
+                refused(post(gw), 503, "limits_unavailable")
+                assert cut.reply_lost.is_set()
+                until(lambda: list(budget_hashes(prefix).values()) == [
+                    {"spent": first, "reserved": 0}])  # fmt: skip
+                time.sleep(1.1)  # past the pause after a limits failure
+                assert post(gw).status_code == 200
+                spent = sum(nano_usd(e.cost) for e in gw.wait_events(3) if e.cost is not None)
+                until(lambda: list(budget_hashes(prefix).values()) == [
+                    {"spent": spent, "reserved": 0}])  # fmt: skip
+    finally:
+        delete_redis_prefix(prefix)

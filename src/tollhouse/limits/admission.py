@@ -15,7 +15,9 @@ requests that fit. While Redis is away, new limited requests are refused anyway
 (``LimitsUnavailable``), so only the requests in flight when it went wait here.
 Only shutdown gives up, after ``STOP_TIMEOUT``, and says how many it dropped. A
 settlement whose reply was lost after Redis applied it is sent again, and the
-backend applies it once (``limits.redis``: each admission's ticket).
+backend applies it once (``limits.redis``: each admission's ticket). An admission
+whose reply was lost is refused, and undone through the same queue if Redis had
+applied it, so its reservation is not left held until the budget's window ends.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tollhouse.accounting.event import UsageEvent
 from tollhouse.config.schema import Config
 from tollhouse.identity.directory import budget_rules, rate_rules
 from tollhouse.identity.principal import BudgetRule, Principal, RateRule
-from tollhouse.limits.base import Admitted, LimitsBackend, Settlement
+from tollhouse.limits.base import Admitted, LimitsBackend, MaybeAdmitted, Settlement
 from tollhouse.limits.policy import Plan, nano_usd, plan, rate_headers, rejection
 from tollhouse.store.models import Limits
 from tollhouse.tasks import cancel_and_wait
@@ -120,7 +122,12 @@ class Admission:
             return None
         now = self._clock()
         p = plan(budgets, rates, cost=nano_usd(worst_cost), tokens=worst_tokens, now=now)
-        result = await self.backend.admit(p.budgets, p.rates)
+        try:
+            result = await self.backend.admit(p.budgets, p.rates)
+        except MaybeAdmitted as err:  # applied or not, unknown: undo it if it was
+            undo = Settlement(0, [0] * len(p.rates), only_if_admitted=True)
+            self._queue.put_nowait((err.admitted, undo))
+            raise
         if not isinstance(result, Admitted):
             raise rejection(p, result, now)
         return Ticket(p, result, rate_headers(p, result, now))

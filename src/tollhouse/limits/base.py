@@ -82,6 +82,18 @@ class Settlement:
 
     cost: int  # nano-USD actually spent (0 for a request that cost nothing)
     rate_amounts: Sequence[int] = field(default_factory=tuple)
+    # Undo an admission whose reply was lost, if (and only if) it was applied:
+    only_if_admitted: bool = False
+
+
+class MaybeAdmitted(Exception):
+    """An admission failed in a way that leaves unknown whether the backend applied it
+    (a reply lost to a dropped connection). ``admitted`` names what it would have
+    reserved, so a ``Settlement(only_if_admitted=True)`` can give it back if it was."""
+
+    def __init__(self, admitted: Admitted) -> None:
+        super().__init__("the admission may have been applied")
+        self.admitted = admitted
 
 
 class LimitsBackend(Protocol):

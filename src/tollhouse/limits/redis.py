@@ -41,7 +41,11 @@ Scripts compare amounts as Lua numbers (doubles), exact up to 2**53 nano-USD
 64-bit integers because amounts reach HINCRBY/INCRBY as the strings we sent.
 
 Redis errors propagate unchanged (``redis.exceptions.RedisError``): whether a
-gateway fails open or closed without Redis is the caller's decision. The
+gateway fails open or closed without Redis is the caller's decision. One exception:
+an admission with budgets whose connection broke or timed out after the script was
+sent may have been applied, so it raises ``MaybeAdmitted`` (the Redis error as its
+cause) naming its ticket; settling that ticket with ``only_if_admitted`` releases the
+reservation if, and only if, the admission had been applied. The
 connection pool blocks (up to ``pool_timeout``) instead of failing when a burst
 wants more than ``max_connections`` connections at once.
 """
@@ -57,11 +61,13 @@ import uuid
 from collections.abc import Sequence
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ResponseError
 
 from tollhouse.limits.base import (
     Admitted,
     BudgetCharge,
     BudgetState,
+    MaybeAdmitted,
     RateCharge,
     Refused,
     Settlement,
@@ -72,14 +78,14 @@ from tollhouse.tasks import cancel_and_wait
 log = logging.getLogger("tollhouse.limits")
 
 # KEYS: budget hashes (the first ARGV[1]), then rate counters, then this replica's
-# lease and the replicas ZSET. ARGV: nb, replica id, then limit, amount, ttl for each
-# counter in KEYS order.
+# lease, the replicas ZSET and the lease's open tickets. ARGV: nb, replica id, then
+# limit, amount, ttl for each counter in KEYS order, then the ticket.
 # Returns {1, value...} (spent + reserved, or count, after the increment) when
 # admitted, {0, position in KEYS, current value} when refused.
 _ADMIT = """
 local nb = tonumber(ARGV[1])
-local lease, replicas = KEYS[#KEYS - 1], KEYS[#KEYS]
-local n = #KEYS - 2
+local lease, replicas, tickets = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
+local n = #KEYS - 3
 local function value(i, key)
   if i <= nb then
     local v = redis.call('HMGET', key, 'spent', 'reserved')
@@ -115,6 +121,8 @@ end
 if nb > 0 then  -- a replica that reserves is alive, and known to the sweepers
   local t = redis.call('TIME')
   redis.call('ZADD', replicas, t[1] * 1000 + math.floor(t[2] / 1000), ARGV[2])
+  redis.call('HSET', tickets, ARGV[#ARGV], 1)  -- open until settled (or swept)
+  redis.call('EXPIRE', tickets, redis.call('TTL', lease))
 end
 local out = {1}
 for i = 1, n do
@@ -124,20 +132,26 @@ return out
 """
 
 # KEYS: budget hashes (the first ARGV[1]), then rate counters, then the admitting
-# replica's lease, then the ticket's marker. ARGV: nb, cost, then reserved per budget
-# and (real - charged) per rate counter, then the marker's ttl. A ticket is settled
-# once: the marker is set on the first settlement, and a second one (sent again after
-# its reply was lost) changes nothing and returns 1.
+# replica's lease, its open tickets and the ticket's marker. ARGV: nb, cost, then
+# reserved per budget and (real - charged) per rate counter, then the marker's ttl,
+# the ticket, and '1' to apply only if the admission is open (undoing one whose reply
+# was lost: nothing to undo if it never happened, or if a sweep released it; returns
+# 2 then). A ticket is settled once: the marker is set on the first settlement, and
+# a second one (sent again after its reply was lost) changes nothing and returns 1.
 # A budget gets back only what the lease still holds for it (nothing, if a sweep
 # already released it); amounts written are formatted as integers ('%d'), since a
 # Lua number would otherwise reach Redis as e.g. '1e+15'.
 _SETTLE = """
-if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', ARGV[#ARGV]) then
+local open = redis.call('HDEL', KEYS[#KEYS - 1], ARGV[#ARGV - 1])
+if ARGV[#ARGV] == '1' and open == 0 then
+  return 2
+end
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'EX', ARGV[#ARGV - 2]) then
   return 1
 end
 local nb = tonumber(ARGV[1])
-local lease = KEYS[#KEYS - 1]
-for i = 1, #KEYS - 2 do
+local lease = KEYS[#KEYS - 2]
+for i = 1, #KEYS - 3 do
   local key = KEYS[i]
   if i <= nb then
     local held = tonumber(redis.call('HGET', lease, key)) or 0
@@ -192,7 +206,7 @@ for _, replica in ipairs(dead) do
         released = released + 1
       end
     end
-    redis.call('DEL', lease)
+    redis.call('DEL', lease, lease .. ':tickets')
     redis.call('ZREM', KEYS[1], replica)
   end
 end
@@ -213,6 +227,14 @@ return 1
 HEARTBEAT = 5.0  # seconds between a replica's heartbeats (and sweeps)
 SETTLED_TTL = 300  # seconds a settled ticket's marker lasts: past any retry of a lost reply
 DEAD_AFTER = 30.0  # a replica silent this long has its reservations released
+
+
+def _maybe_applied(err: Exception) -> bool:
+    """Whether a failed call may still have run in Redis: not when Redis answered with an
+    error, nor when no connection could be made; yes when one broke or timed out."""
+    if isinstance(err, ResponseError):
+        return False
+    return not isinstance(err.__cause__ or err.__context__, ConnectionRefusedError)
 
 
 class RedisLimits:
@@ -293,11 +315,19 @@ class RedisLimits:
         if nb == 0 and not rates:
             return Admitted((), (), (), ())
         charges: list[BudgetCharge | RateCharge] = [*budgets, *rates]
-        keys = [self._prefix + c.name for c in charges] + [self._lease, self._replicas]
+        keys = [self._prefix + c.name for c in charges]
+        keys += [self._lease, self._replicas, self._lease + ":tickets"]
+        ticket = f"{self.replica}:{next(self._tickets)}"
         args: list[int | str] = [nb, self.replica]
         for c in charges:
             args += (c.limit, c.amount, c.ttl)
-        result = [int(v) for v in await self._admit(keys=keys, args=args)]
+        try:
+            result = [int(v) for v in await self._admit(keys=keys, args=[*args, ticket])]
+        except Exception as err:
+            if nb and _maybe_applied(err):
+                admitted = Admitted(tuple(budgets), tuple(rates), (), (), self._lease, ticket)
+                raise MaybeAdmitted(admitted) from err
+            raise
         if result[0] == 0:
             position, current = result[1] - 1, result[2]
             if position < nb:
@@ -309,7 +339,7 @@ class RedisLimits:
             budget_totals=tuple(result[1 : 1 + nb]),
             rate_counts=tuple(result[1 + nb :]),
             holder=self._lease,
-            ticket=f"{self.replica}:{next(self._tickets)}",
+            ticket=ticket,
         )
 
     async def settle(self, admitted: Admitted, outcome: Settlement) -> None:
@@ -318,10 +348,13 @@ class RedisLimits:
         if not admitted.budgets and not admitted.rates:
             return
         names = [b.name for b in admitted.budgets] + [r.name for r in admitted.rates]
-        keys = [self._prefix + name for name in names] + [admitted.holder or self._lease]
-        keys.append(f"{self._prefix}settled:{admitted.ticket or uuid.uuid4().hex}")
+        holder = admitted.holder or self._lease
+        ticket = admitted.ticket or uuid.uuid4().hex
+        keys = [self._prefix + name for name in names]
+        keys += [holder, holder + ":tickets", f"{self._prefix}settled:{ticket}"]
         args = [len(admitted.budgets), outcome.cost, *(b.amount for b in admitted.budgets)]
-        await self._settle(keys=keys, args=[*args, *deltas, SETTLED_TTL])
+        only = "1" if outcome.only_if_admitted else "0"
+        await self._settle(keys=keys, args=[*args, *deltas, SETTLED_TTL, ticket, only])
 
     async def budget_states(self, names: Sequence[str]) -> list[BudgetState]:
         if not names:
