@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import random
+import sys
+import threading
+
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tollhouse.accounting.pricing import PriceBook
 from tollhouse.config import parse_config
+from tollhouse.metrics.routing_state import RoutingCollector
 from tollhouse.routing.health import COOLED_DOWN, DEGRADED, HEALTHY
 from tollhouse.routing.router import Router
 
@@ -61,3 +66,70 @@ def test_a_group_with_every_deployment_out_still_serves_the_soonest_back() -> No
     first.health.cool_down("rate_limit", 30)
     second.health.cool_down("rate_limit", 5)
     assert group.order(random.Random(0)) == [second, first]
+
+
+def test_a_failure_degrades_for_one_window_and_a_cool_down_starts_a_fresh_one() -> None:
+    """Degraded means a failed call within ``window`` (60 s by default), counted from the
+    failure; the window cleared by a cool-down forgets it; reading the state changes
+    nothing."""
+    clock = Clock()
+    health = router(clock).resolve("g").deployments[0].health
+    health.failed(rate_limited=False, retry_after=None)
+    clock.now += 59.9
+    health.succeeded(0.1)
+    calls = list(health.calls)
+    assert health.state() == DEGRADED and list(health.calls) == calls
+    clock.now += 0.2
+    assert health.state() == HEALTHY
+    for _ in range(4):  # 4 of 5 failed: cooled down, the window starts again
+        health.failed(rate_limited=False, retry_after=None)
+    assert health.state() == COOLED_DOWN and not health.calls
+    clock.now += 10
+    assert health.state() == HEALTHY
+
+
+def test_a_scrape_in_a_worker_thread_reads_routing_state_while_the_loop_changes_it() -> None:
+    """/metrics renders in a worker thread (so a scrape never stalls the loop) while the
+    loop records calls. The routing collector walked each deployment's window of calls
+    and its cooldown counts as they changed: under load, scrapes failed with "deque
+    mutated during iteration" (found by bench/ledger_saturation.py). A tiny switch
+    interval makes the threads interleave as a busy process does."""
+    clock = Clock()
+    routes = router(clock)
+    health = routes.resolve("g").deployments[0].health
+    for _ in range(50_000):
+        health.succeeded(0.1)
+    registry = CollectorRegistry()
+    registry.register(RoutingCollector(lambda: routes, lambda: None))
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            try:
+                generate_latest(registry)
+            except Exception as err:
+                errors.append(err)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for i in range(100_000):
+            health.succeeded(0.1)
+            health.cooldowns[f"reason-{i % 1000}"] = i
+            if errors:
+                break
+    finally:
+        done.set()
+        scraper.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert (
+        registry.get_sample_value(
+            "llm_deployment_state", {"model": "g", "backend": "x", "upstream_model": "a"}
+        )
+        == HEALTHY
+    )

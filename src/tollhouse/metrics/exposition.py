@@ -3,7 +3,10 @@
 Rendering a large registry takes milliseconds of pure Python; it runs in a
 worker thread so requests keep flowing while a scrape is rendered.
 prometheus_client's values are lock-protected, so a render sees each sample
-consistently while the loop keeps updating them. With several workers the
+consistently while the loop keeps updating them. Scrape-time collectors are not:
+they read the loop's own objects from this thread, so they must copy a container in
+one C call before walking it, and change nothing (``routing_state``; ``snapshot``
+reads a snapshot the loop replaces whole). With several workers the
 render merges every worker's values (``multiprocess.py``).
 """
 

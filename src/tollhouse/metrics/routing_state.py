@@ -1,7 +1,9 @@
 """Scrape-time routing gauges: each deployment's state and how often it cooled down.
 
 Read straight from the router's live health objects when scraped; nothing is
-updated per request (routing itself never imports metrics).
+updated per request (routing itself never imports metrics). The scrape runs in a
+worker thread (``exposition``) while the loop keeps changing those objects, so every
+dict is copied in one C call (``tuple()``) before it is walked, and nothing is changed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class RoutingCollector:
                 for dep in group.deployments:
                     t = dep.target
                     state.add_metric([group.name, t.backend, t.upstream_model], dep.health.state())
-                    for reason, count in dep.health.cooldowns.items():
+                    for reason, count in tuple(dep.health.cooldowns.items()):
                         totals[(t.backend, reason)] += count
         for (backend, reason), count in sorted(totals.items()):
             cooldowns.add_metric([backend, reason], count)
@@ -44,6 +46,6 @@ class RoutingCollector:
         up = GaugeMetricFamily(c.BACKEND_UP.name, c.BACKEND_UP.help, labels=c.BACKEND_UP.labels)
         prober = self._prober()
         if prober is not None:
-            for backend, result in sorted(prober.results.items()):
+            for backend, result in sorted(tuple(prober.results.items())):
                 up.add_metric([backend], 1.0 if result.up else 0.0)
         yield up

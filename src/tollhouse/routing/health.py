@@ -35,6 +35,7 @@ class DeploymentHealth:
     last_duration: float = 0.0
     exhausted_until: float = 0.0  # upstream said 0 requests/tokens remain
     cooldowns: dict[str, int] = field(default_factory=dict)  # reason -> times cooled down
+    last_failure: float = float("-inf")  # when the window's latest failed call ended
 
     def _trim(self, now: float) -> None:
         horizon = now - self.policy.window
@@ -48,11 +49,15 @@ class DeploymentHealth:
         return self.probe_ok and now >= self.cooled_until and now >= self.exhausted_until
 
     def state(self) -> int:
+        """Healthy, degraded (a failed call within ``window``) or cooled down.
+
+        A /metrics scrape reads this from a worker thread while the loop records calls,
+        so it reads plain attributes only: walking (or trimming) ``calls`` there failed
+        scrapes under load with "deque mutated during iteration"."""
         now = self.clock()
         if now < self.cooled_until or not self.probe_ok:
             return COOLED_DOWN
-        self._trim(now)
-        return DEGRADED if any(failed for _, failed in self.calls) else HEALTHY
+        return DEGRADED if self.last_failure >= now - self.policy.window else HEALTHY
 
     def cool_down(self, reason: str, seconds: float) -> None:
         self.cooled_until = max(self.cooled_until, self.clock() + seconds)
@@ -69,6 +74,7 @@ class DeploymentHealth:
     def failed(self, rate_limited: bool, retry_after: float | None) -> None:
         now = self.clock()
         self.calls.append((now, True))
+        self.last_failure = now
         self._trim(now)
         p = self.policy
         if not p.enabled:
@@ -80,6 +86,7 @@ class DeploymentHealth:
         if len(self.calls) >= p.min_calls and failures / len(self.calls) > p.failure_rate:
             self.cool_down("failure_rate", p.period)
             self.calls.clear()  # a fresh window after it comes back
+            self.last_failure = float("-inf")
 
     def over_limit(self, seconds: float) -> None:
         """The gateway's own budget or rate limit for this backend is spent until its reset."""
