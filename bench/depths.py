@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.depth_servers import serve
-from bench.run import GATEWAY_CONFIG, _free_port, _wait_ready
+from bench.run import GATEWAY_CONFIG, _free_port, _wait_ready, sqlite_store
 
 DEPTHS = ("floor", "callbacks", "task", "executor", "gate", "asgi", "uvicorn")
 
@@ -65,7 +65,11 @@ def _measure(depth: str, work: Path, delay: int, duration: float) -> dict[str, A
     """Start ``depth``, drive it at concurrency 1 with ``bench.run``, return its numbers."""
     port, mock_port = _free_port(), _free_port()
     config = work / f"{depth}.yaml"
-    config.write_text(GATEWAY_CONFIG.format(mock_port=mock_port, model="bench-model", workdir=work))
+    config.write_text(
+        GATEWAY_CONFIG.format(
+            mock_port=mock_port, model="bench-model", store_url=sqlite_store(work)
+        )
+    )
     for stale in work.glob("bench-store.db*"):
         stale.unlink()
     out = work / f"{depth}.json"

@@ -31,7 +31,6 @@ import uvloop
 
 from bench.fold_bench import ledger_row
 from tollhouse.store.engine import Store
-from tollhouse.store.ledger import LedgerRepo
 from tollhouse.store.migrate import migrate
 
 
@@ -40,7 +39,7 @@ async def run(rows: int, seconds: float, busy_us: float, idle_us: float) -> None
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'ledger.db'}"
         await migrate(url)
         async with Store(url) as store:
-            repo = LedgerRepo(store.engine)
+            repo = store.ledger
             rng = random.Random(7)
             batch = [ledger_row(i, rng) for i in range(rows)]
             await repo.insert(batch)  # warm: statements prepared, pages allocated

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from bench.run import GATEWAY_CONFIG
+from bench.run import GATEWAY_CONFIG, sqlite_store
 
 BODY = (
     b'{"model":"bench-model","messages":[{"role":"user","content":"hello there"}],"max_tokens":16}'
@@ -60,7 +60,9 @@ async def run(requests: int, gap_ms: float = 0.0) -> None:
 
     with tempfile.TemporaryDirectory(prefix="tollhouse-pieces-") as tmp:
         config = Path(tmp) / "tollhouse.yaml"
-        config.write_text(GATEWAY_CONFIG.format(workdir=tmp, mock_port=9, model="bench-model"))
+        config.write_text(
+            GATEWAY_CONFIG.format(store_url=sqlite_store(tmp), mock_port=9, model="bench-model")
+        )
         async with App(load_config(str(config))).lifespan() as gw:
             spent: list[list[int]] = [[] for _ in PIECES]
             ns = time.perf_counter_ns

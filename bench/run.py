@@ -52,7 +52,7 @@ server:
 auth:
   required: false
 store:
-  url: sqlite+aiosqlite:///{workdir}/bench-store.db
+  url: {store_url}
 backends:
   - name: mock-upstream
     provider: openai
@@ -63,6 +63,11 @@ models:
     backend: mock-upstream
     model: {model}
 """
+
+
+def sqlite_store(workdir: Path | str) -> str:
+    """The benchmark gateway's default store: a SQLite file of its own."""
+    return f"sqlite+aiosqlite:///{workdir}/bench-store.db"
 
 
 class BenchError(RuntimeError):
@@ -346,8 +351,10 @@ def _stack(
     mock_port: int,
     gateway_url: str | None,
     workdir: Path,
+    store_url: str | None = None,
 ) -> Iterator[tuple[str, int | None]]:
-    """Start the mock (and, unless external, the gateway) for one delay.
+    """Start the mock (and, unless external, the gateway) for one delay; the gateway's
+    store is ``store_url``, by default a SQLite file in ``workdir``.
 
     Yields the gateway's URL and, when this run started it, its pid (for CPU accounting).
     """
@@ -380,7 +387,11 @@ def _stack(
             return
         config = workdir / "tollhouse.yaml"
         model = str(DEFAULT_BODY["model"])
-        config.write_text(GATEWAY_CONFIG.format(mock_port=mock_port, model=model, workdir=workdir))
+        config.write_text(
+            GATEWAY_CONFIG.format(
+                mock_port=mock_port, model=model, store_url=store_url or sqlite_store(workdir)
+            )
+        )
         port = _free_port()
         argv = [*pinning.gateway, *_gateway_command(), "serve", "--config", str(config)]
         argv.extend(("--port", str(port)))

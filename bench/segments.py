@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench.run import GATEWAY_CONFIG, _free_port, _wait_ready
+from bench.run import GATEWAY_CONFIG, _free_port, _wait_ready, sqlite_store
 
 SEGMENTS = (
     ("1 bytes in → app", "t_in", "t_app"),
@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         work, mock_port, port = Path(tmp), _free_port(), _free_port()
         config = work / "tollhouse.yaml"
         config.write_text(
-            GATEWAY_CONFIG.format(mock_port=mock_port, model="bench-model", workdir=work)
+            GATEWAY_CONFIG.format(
+                mock_port=mock_port, model="bench-model", store_url=sqlite_store(work)
+            )
         )
         out = work / "segments.txt"
         serve = [sys.executable, "-m", "bench.segments", "--serve", str(out)]

@@ -29,7 +29,7 @@ from typing import Any
 import uvloop
 
 from bench.pieces import served_context
-from bench.run import GATEWAY_CONFIG
+from bench.run import GATEWAY_CONFIG, sqlite_store
 
 
 async def run(rate: int, seconds: float) -> None:
@@ -38,7 +38,7 @@ async def run(rate: int, seconds: float) -> None:
 
     with tempfile.TemporaryDirectory(prefix="tollhouse-stall-") as tmp:
         config = Path(tmp) / "tollhouse.yaml"
-        text = GATEWAY_CONFIG.format(workdir=tmp, mock_port=9, model="bench-model")
+        text = GATEWAY_CONFIG.format(store_url=sqlite_store(tmp), mock_port=9, model="bench-model")
         config.write_text(text.replace("access_log: true", "access_log: false"))
         async with App(load_config(str(config))).lifespan() as gw:
             template = (await served_context(gw, "stall-0")).finish(gw.prices)

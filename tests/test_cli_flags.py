@@ -32,7 +32,6 @@ from tests.test_ledger_writer import EVENT
 from tollhouse.accounting.ledger import event_row
 from tollhouse.cli import main
 from tollhouse.store.engine import Store
-from tollhouse.store.ledger import LedgerRepo
 from tollhouse.store.migrate import migrate
 
 ADMIN_KEY = "cli-flags-admin-key"
@@ -357,7 +356,7 @@ def test_usage_filters_and_top(tmp_path: Path) -> None:
     async def seed() -> None:
         await migrate(store)
         async with Store(store) as st:
-            await LedgerRepo(st.engine).insert(ledger_rows(7))
+            await st.ledger.insert(ledger_rows(7))
 
     run_sync(seed())
     s = ("--store", store)

@@ -27,7 +27,7 @@ from tests.test_ledger_writer import EVENT, until
 from tests.test_store_engine import BACKENDS, open_store
 from tollhouse.accounting.ledger import LedgerWriter, event_row
 from tollhouse.config.schema import LedgerConfig
-from tollhouse.store import LedgerRepo, Store
+from tollhouse.store import Store
 from tollhouse.store.tables import ledger
 
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 3}
@@ -48,7 +48,7 @@ async def stored(store: Store) -> list[tuple[str, str]]:
 async def test_a_batch_written_again_is_stored_once(store: Store) -> None:
     """The same rows inserted twice are there once; a batch mixing written and new rows
     adds only the new ones. Without the unique ``event_id`` the count would be 5, then 8."""
-    repo = LedgerRepo(store.engine)
+    repo = store.ledger
     rows = [event_row(replace(EVENT, request_id=f"r{i}"), f"id-{i}") for i in range(3)]
     await repo.insert(rows)
     await repo.insert(rows[1:])
@@ -58,18 +58,19 @@ async def test_a_batch_written_again_is_stored_once(store: Store) -> None:
     assert await stored(store) == [(f"r{i}", f"id-{i}") for i in range(4)]
 
 
-class LosingLedger(LedgerRepo):
-    """The real ledger, whose first ``fail`` inserts commit and then report a failure, as
-    a commit whose acknowledgement was lost does; it remembers every batch's ids."""
+class LosingLedger:
+    """The store's real ledger, whose first ``fail`` inserts commit and then report a
+    failure, as a commit whose acknowledgement was lost does; it remembers every batch's
+    ids."""
 
     def __init__(self, store: Store, fail: int) -> None:
-        super().__init__(store.engine)
+        self._ledger = store.ledger
         self.fail = fail
         self.ids: list[list[str]] = []
 
-    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:  # type: ignore[override]
+    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
         self.ids.append([row["event_id"] for row in rows])
-        await super().insert(rows)
+        await self._ledger.insert(rows)
         if self.fail:
             self.fail -= 1
             raise ConnectionResetError("the acknowledgement was lost")
@@ -89,7 +90,7 @@ async def test_a_retried_batch_keeps_its_ids_and_counts_once(store: Store) -> No
     await writer.stop()
     assert repo.ids[0] == repo.ids[1] == repo.ids[2] and len(repo.ids[0]) == 3
     assert writer.write_errors_total == 2
-    other = LedgerWriter(LedgerRepo(store.engine))
+    other = LedgerWriter(store.ledger)
     await other.start()
     other(replace(EVENT, request_id="b0"))
     await other.stop()

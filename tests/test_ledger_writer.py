@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -17,12 +17,13 @@ import sqlalchemy as sa
 
 from tests.test_store_engine import BACKENDS, open_store
 from tollhouse.accounting.event import Outcome, TokenSource, UsageEvent
-from tollhouse.accounting.ledger import LedgerWriter, cost_to_pusd, event_row
+from tollhouse.accounting.ledger import CATCH_UP_BATCHES, LedgerWriter, cost_to_pusd, event_row
 from tollhouse.accounting.usage import Usage
 from tollhouse.config.schema import LedgerConfig
 from tollhouse.errors import ErrorType
-from tollhouse.store import LedgerRepo, Store
+from tollhouse.store import Store
 from tollhouse.store.ledger import CHUNK_ROWS
+from tollhouse.store.sqlite import Appender
 from tollhouse.store.tables import LEDGER_COLUMNS, ledger
 
 EVENT = UsageEvent(
@@ -52,16 +53,16 @@ EVENT = UsageEvent(
 )
 
 
-class RecordingLedger(LedgerRepo):
-    """The real ledger, remembering the size of every batch it was asked to write."""
+class RecordingLedger:
+    """The store's real ledger, remembering the size of every batch it was asked to write."""
 
     def __init__(self, store: Store) -> None:
-        super().__init__(store.engine)
+        self._ledger = store.ledger
         self.batches: list[int] = []
 
-    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:  # type: ignore[override]
+    async def insert(self, rows: Sequence[dict[str, Any]]) -> None:
         self.batches.append(len(rows))
-        await super().insert(rows)
+        await self._ledger.insert(rows)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -72,7 +73,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 def writer_for(store: Store, **config: Any) -> tuple[LedgerWriter, RecordingLedger]:
     repo = RecordingLedger(store)
-    return LedgerWriter(repo, LedgerConfig(**config)), repo
+    return LedgerWriter(repo, LedgerConfig(**config)), repo  # type: ignore[arg-type]
 
 
 async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
@@ -108,7 +109,8 @@ def test_cost_converts_to_pico_usd_exactly_rounding_half_even() -> None:
 async def test_ten_thousand_events_become_ten_thousand_rows_with_the_exact_cost(
     store: Store,
 ) -> None:
-    """No row is lost or doubled, no batch exceeds batch_size, and the cost sum is exact."""
+    """No row is lost or doubled, no write exceeds CATCH_UP_BATCHES batches, and the cost
+    sum is exact."""
     writer, repo = writer_for(store, batch_size=500, flush_interval=0.01)
     await writer.start()
     expected = Decimal(0)
@@ -122,7 +124,7 @@ async def test_ten_thousand_events_become_ten_thousand_rows_with_the_exact_cost(
     assert await store.ledger.count_rows() == 10_000
     assert await store.ledger.spend_since("team", 0) == {"core": int(expected.scaleb(12))}
     assert (writer.written_total, writer.backlog, writer.write_errors_total) == (10_000, 0, 0)
-    assert sum(repo.batches) == 10_000 and max(repo.batches) <= 500
+    assert sum(repo.batches) == 10_000 and max(repo.batches) <= 500 * CATCH_UP_BATCHES
 
 
 async def test_full_batches_go_at_once_and_stop_flushes_the_rest(store: Store) -> None:
@@ -131,11 +133,27 @@ async def test_full_batches_go_at_once_and_stop_flushes_the_rest(store: Store) -
     await writer.start()
     for i in range(25):
         writer(replace(EVENT, request_id=f"req-{i}"))
-    await until(lambda: writer.written_total == 20)
+        if i in (9, 19):  # each full batch is written before the next row comes
+            await until(lambda: writer.written_total == i + 1)  # noqa: B023
     assert writer.backlog == 5
     await writer.stop()
     assert repo.batches == [10, 10, 5]
     assert await store.ledger.count_rows() == 25 and writer.backlog == 0
+
+
+async def test_a_backlog_is_written_many_batches_to_a_transaction(store: Store) -> None:
+    """Fallen behind (an outage, a saturated loop), the writer takes up to CATCH_UP_BATCHES
+    batches per transaction, so its rate grows with its backlog instead of staying one
+    batch per commit; a partial batch still waits for its flush."""
+    writer, repo = writer_for(store, batch_size=10, flush_interval=3600)
+    for i in range(10 * CATCH_UP_BATCHES * 2 + 25):
+        writer(replace(EVENT, request_id=f"b{i}"))
+    await writer.start()
+    await until(lambda: writer.written_total == 10 * CATCH_UP_BATCHES * 2 + 20)
+    assert repo.batches == [10 * CATCH_UP_BATCHES, 10 * CATCH_UP_BATCHES, 20]
+    assert writer.backlog == 5
+    await writer.stop()
+    assert repo.batches[-1] == 5 and await store.ledger.count_rows() == writer.written_total
 
 
 async def test_a_partial_batch_is_written_after_flush_interval(store: Store) -> None:
@@ -244,7 +262,7 @@ async def test_sqlite_stores_the_time_exactly_as_sqlalchemy_core_would(tmp_path:
     rows = [{**event_row(replace(EVENT, request_id=f"fast-{i}"), f"fast-{i}"), "ts": ts}
             for i, ts in enumerate(times)]  # fmt: skip
     async with open_store("sqlite", tmp_path) as store:
-        await LedgerRepo(store.engine).insert(rows)
+        await store.ledger.insert(rows)
         async with store.engine.begin() as conn:
             core = [
                 {
@@ -263,24 +281,35 @@ async def test_sqlite_stores_the_time_exactly_as_sqlalchemy_core_would(tmp_path:
 
 @pytest.mark.parametrize("count", [1, 63, 64, 65, 200])
 async def test_rows_go_many_to_a_statement_and_all_arrive_in_order(
-    store: Store, count: int
+    store: Store, count: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On SQLite, rows go CHUNK_ROWS to an INSERT: the driver's thread would otherwise
-    trade the GIL with the event loop once per row. On both stores every row arrives whole,
-    in order, across the chunks' edges."""
+    """On SQLite, rows go CHUNK_ROWS to an INSERT: each statement is a stretch of SQLite
+    between yields to the loop, and a statement per row would cost a yield per row. On
+    both stores every row arrives whole, in order, across the chunks' edges."""
     sent: list[int] = []  # rows per statement execution
+    width = len(LEDGER_COLUMNS)
 
-    def seen(*args: Any) -> None:
+    def seen(*args: Any) -> None:  # PostgreSQL: through the engine
         statement, parameters, executemany = args[2], args[3], args[5]
         if statement.startswith("INSERT INTO"):
-            width = len(LEDGER_COLUMNS)
             sets = parameters if executemany else [parameters]
             sent.extend(len(p) // width for p in sets)
 
+    real_append = Appender.append
+
+    async def counted(self: Appender, statements: Iterable[tuple[str, Any, int]]) -> None:
+        def each() -> Iterator[tuple[str, Any, int]]:  # SQLite: through the appender
+            for sql, parameters, rows in statements:
+                sent.append(len(parameters) // width)
+                yield sql, parameters, rows
+
+        await real_append(self, each())
+
     sa.event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
+    monkeypatch.setattr(Appender, "append", counted)
     rows = [event_row(replace(EVENT, request_id=f"r{i}", status=200 + i % 7), f"e{i}")
             for i in range(count)]  # fmt: skip
-    await LedgerRepo(store.engine).insert(rows)
+    await store.ledger.insert(rows)
     async with store.engine.connect() as conn:
         got = (
             await conn.execute(

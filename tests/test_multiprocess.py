@@ -19,7 +19,6 @@ from tests.gateway_process import gateway_process
 from tests.keyhelpers import manage
 from tollhouse.identity.manage import LimitsInput, Manager
 from tollhouse.store.engine import Store
-from tollhouse.store.ledger import LedgerRepo
 
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 10}
 COST = Decimal("0.0000325")
@@ -53,7 +52,7 @@ async def spread(urls: list[str], secret: str, n: int) -> Counter[str]:
 def ledger(url: str) -> tuple[int, dict[str, int]]:
     async def read() -> tuple[int, dict[str, int]]:
         async with Store(url) as store:
-            repo = LedgerRepo(store.engine)
+            repo = store.ledger
             return await repo.count_rows(), await repo.spend_since("key_alias", 0)
 
     result: tuple[int, dict[str, int]] = run_sync(read())

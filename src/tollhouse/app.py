@@ -45,7 +45,6 @@ from tollhouse.proxy.responses import send_error
 from tollhouse.routing.probes import Prober
 from tollhouse.routing.router import Router
 from tollhouse.store.engine import Store
-from tollhouse.store.ledger import LedgerRepo
 from tollhouse.store.migrate import migrate, require_current
 from tollhouse.store.repos import EndUsers, Keys, Teams, Users
 
@@ -100,14 +99,14 @@ class App:
                 await migrate(config.store.url)
             else:
                 await require_current(config.store.url)
-            ledger = LedgerWriter(LedgerRepo(store.engine), config.ledger)
+            ledger = LedgerWriter(store.ledger, config.ledger)
             await ledger.start()
             stack.push_async_callback(ledger.stop)
             backend = self._limits_backend()
             stack.push_async_callback(backend.aclose)
             await backend.start()
             admission = Admission(backend, config, self._clock)
-            await recover_spend(backend, LedgerRepo(store.engine),
+            await recover_spend(backend, store.ledger,
                                 await self._budget_rules(store, admission), self._clock())  # fmt: skip
             await admission.start()
             stack.push_async_callback(admission.stop)  # settles drain before the store closes
@@ -174,7 +173,7 @@ class App:
         stored = await budget_rules_of(store)
         own = {rule.entity for rule in stored if rule.scope == "end_user"}
         end_users = await end_user_rules(
-            LedgerRepo(store.engine), admission.end_user_default, self._clock(), own
+            store.ledger, admission.end_user_default, self._clock(), own
         )
         return [*admission.config_budgets, *stored, *end_users]
 

@@ -41,6 +41,13 @@ log = logging.getLogger("tollhouse.ledger")
 
 _BIGINT_MAX = 2**63 - 1
 
+# A writer that has fallen behind (a saturated process, an outage just over) writes up to
+# this many batches in one transaction: a transaction's cost is mostly fixed (begin, a
+# commit that waits for the disk, the hand-offs between threads, which a saturated loop
+# makes slow), so batch-sized transactions would cap the write rate below the request
+# rate and the backlog would never shrink while the load lasts.
+CATCH_UP_BATCHES = 16
+
 
 def cost_to_pusd(cost: Decimal | None) -> int | None:
     """USD to integer pico-USD, half to even; exact for prices with <= 6 decimals per 1M tokens."""
@@ -245,14 +252,16 @@ class LedgerWriter:
         instead of ~450), with the per-transaction cost (begin, commit, fsync,
         thread hand-offs) competing with requests for the event loop. Stopping
         writes until the queue is empty. A failed batch stays at the head of the
-        queue, so rows are written in order.
+        queue, so rows are written in order. Behind by several batches, a write takes
+        up to CATCH_UP_BATCHES of them at once.
         """
         failures = 0
         owed = len(self._queue) if everything else 0  # the tail this flush must write
         while self._queue and (
             len(self._queue) >= self._batch_size or owed > 0 or (self._stopping and everything)
         ):
-            head = list(itertools.islice(self._queue, self._batch_size))
+            batches = min(CATCH_UP_BATCHES, len(self._queue) // self._batch_size)
+            head = list(itertools.islice(self._queue, self._batch_size * max(1, batches)))
             batch = await rows_of(head, self._id_prefix, self._dequeued)
             try:
                 await self._ledger.insert(batch)

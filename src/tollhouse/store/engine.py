@@ -21,8 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tollhouse.store.ledger import LedgerRepo
 from tollhouse.store.repos import EndUsers, Keys, Teams, Users
-
-SQLITE_BUSY_TIMEOUT_MS = 5000
+from tollhouse.store.sqlite import SQLITE_BUSY_TIMEOUT_MS, is_sqlite_file
 
 # A URL without an async driver gets the one tollhouse ships with.
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
@@ -34,10 +33,6 @@ def normalize_url(url: str | URL) -> URL:
     if parsed.drivername == "postgres":  # the spelling libpq and many hosting providers use
         parsed = parsed.set(drivername="postgresql")
     return parsed.set(drivername=_ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername))
-
-
-def is_sqlite_file(url: URL) -> bool:
-    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
 
 def create_engine(url: str | URL, timeout: float | None = None) -> AsyncEngine:
@@ -124,6 +119,7 @@ class Store:
 
     async def aclose(self) -> None:
         """Close every pooled connection (SQLite's connection threads included)."""
+        await self.ledger.aclose()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Store:

@@ -6,7 +6,6 @@ only knows SQL. Costs are integer pico-USD (see ``tables``).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import closing
@@ -18,6 +17,7 @@ from typing import Any, Literal, get_args
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tollhouse.store.sqlite import Appender, is_sqlite_file
 from tollhouse.store.tables import ledger
 
 SpendScope = Literal["key_alias", "team", "user", "end_user", "backend", "provider"]
@@ -34,10 +34,10 @@ _values = itemgetter(*_COLUMNS)  # a row dict's values in column order, in one C
 _TS = _COLUMNS.index("ts")
 
 
-# Rows per SQLite INSERT statement. Each SQLite connection keeps its prepared statements
-# (128), and a batch's last statement has its own row count: 64 texts of at most 64 rows
-# are a few MB at most, where 512 would be hundreds.
-CHUNK_ROWS = 64
+# Rows per SQLite INSERT statement. Statements run on the event loop (store.sqlite), so
+# each must be short: 16 rows take 0.1-0.3 ms. Each connection keeps its prepared
+# statements, one per row count: at most 16 texts of at most 16 rows.
+CHUNK_ROWS = 16
 
 
 @cache
@@ -73,6 +73,8 @@ class LedgerRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sql: dict[int, str] = {}
+        url = engine.url
+        self._appender = Appender(url.database) if is_sqlite_file(url) else None  # type: ignore[arg-type]
 
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append ``rows`` in one transaction: all are written or none is. A row whose
@@ -93,26 +95,23 @@ class LedgerRepo:
             async with self._engine.begin() as conn:
                 await conn.exec_driver_sql(self._insert_sql(1), params)
             return
-        # SQLite runs in a driver thread that takes the GIL back after each statement, and
-        # each await hands work to that thread and back. A statement per row passes the
-        # GIL to and fro with the event loop once per row, each pass waiting for the loop
-        # under load (a 500-row batch took 0.5 s next to a busy loop; bench/flush_bench.py).
-        # So rows go CHUNK_ROWS to a statement, the chunks in one executemany and the rest
-        # in one more statement: two hand-offs a batch. Each chunk's parameters are made
-        # between yields to the loop, before the transaction opens: a whole batch at once
-        # would hold the loop for milliseconds (bench/stall_bench.py).
+        # SQLite: from the loop's thread (store.sqlite says why), CHUNK_ROWS rows to a
+        # statement, each chunk's parameters made in the appender's slices: a whole batch
+        # at once would hold the loop for milliseconds (bench/stall_bench.py).
         size = _chunk()
-        chunks: list[tuple[Any, ...]] = []
-        for start in range(0, len(rows), size):
-            if start:
-                await asyncio.sleep(0)
-            chunks.append(_sqlite_params(rows[start : start + size]))
-        rest = len(rows) % size
-        async with self._engine.begin() as conn:
-            if len(rows) >= size:
-                await conn.exec_driver_sql(self._insert_sql(size), chunks[: len(rows) // size])
-            if rest:
-                await conn.exec_driver_sql(self._insert_sql(rest), chunks[-1])
+        chunks = (rows[start : start + size] for start in range(0, len(rows), size))
+        statements = ((self._insert_sql(len(c)), _sqlite_params(c), len(c)) for c in chunks)
+        if self._appender is not None:
+            await self._appender.append(statements)
+            return
+        async with self._engine.begin() as conn:  # in memory: only the engine's connection
+            for sql, chunk, _ in statements:
+                await conn.exec_driver_sql(sql, chunk)
+
+    async def aclose(self) -> None:
+        """Close the SQLite appender's connection (nothing to do for PostgreSQL)."""
+        if self._appender is not None:
+            await self._appender.aclose()
 
     def _insert_sql(self, rows: int) -> str:
         """``INSERT`` of ``rows`` rows, its text kept per row count (at most ``_chunk()``)."""
