@@ -9,10 +9,11 @@ while one process served ~4,200-4,600 requests/s, its backlog grew without bound
 the waits showed in the requests' p99 (bench/ledger_saturation.py, bench/README.md).
 
 The appender's inserts run on the loop's thread, in slices of a few statements between
-yields to the loop (SLICE_SHARE says how long), so no GIL changes hands. Only the commit leaves the loop, on the appender's own thread: with SQLite's
-default ``synchronous=FULL`` it waits for the disk (fsync), which must not hold the
-loop, and the WAL checkpoints SQLite runs at commit run there too. The connection stays
-open between batches so its prepared statements and schema are reused.
+yields to the loop (SLICE_SHARE says how long), so no GIL changes hands. Only the
+commit leaves the loop, on the appender's own thread: with SQLite's default
+``synchronous=FULL`` it waits for the disk (fsync), which must not hold the loop, and
+the WAL checkpoints SQLite runs at commit run there too. The connection stays open
+between batches so its prepared statements and schema are reused.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class Appender:
         if self._conn is None:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=0")  # never wait inside SQLite: see BUSY_STEP
+            conn.execute("PRAGMA foreign_keys=ON")  # as the engine's connections (engine.py)
             self._conn = conn
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="tollhouse-ledger-commit")
         return self._conn
