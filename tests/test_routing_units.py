@@ -5,13 +5,16 @@ from __future__ import annotations
 import random
 import sys
 import threading
+from collections import deque
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tollhouse.accounting.pricing import PriceBook
 from tollhouse.config import parse_config
+from tollhouse.config.schema import CooldownConfig
 from tollhouse.metrics.routing_state import RoutingCollector
-from tollhouse.routing.health import COOLED_DOWN, DEGRADED, HEALTHY
+from tollhouse.routing.health import COOLED_DOWN, DEGRADED, HEALTHY, DeploymentHealth
 from tollhouse.routing.router import Router
 
 
@@ -86,6 +89,42 @@ def test_a_failure_degrades_for_one_window_and_a_cool_down_starts_a_fresh_one() 
     assert health.state() == COOLED_DOWN and not health.calls
     clock.now += 10
     assert health.state() == HEALTHY
+
+
+class Unwalkable(deque[tuple[float, bool]]):
+    """A window of calls that fails a test if anything iterates over it."""
+
+    def __iter__(self) -> Iterator[tuple[float, bool]]:
+        raise AssertionError("the whole window of calls was walked")
+
+
+def test_a_failure_counts_the_window_without_walking_it() -> None:
+    """The failure rate is judged on every failed call. Counting the window's failures
+    then walked every call in it: during an outage at thousands of requests/s (a 60 s
+    window of hundreds of thousands of calls) each failed request cost milliseconds of
+    the loop. The count is kept as calls come and leave, and stays exact."""
+    clock = Clock()
+    policy = CooldownConfig(failure_rate=0.5, min_calls=10, window=10, period=5)
+    health = DeploymentHealth(policy, clock, calls=Unwalkable())
+    for _ in range(4):  # 4 failures, then the window moves past them
+        health.failed(rate_limited=False, retry_after=None)
+    clock.now += 5
+    for _ in range(6):
+        health.succeeded(0.1)
+    clock.now += 5.5  # the 4 failures have left the window, the 6 successes have not
+    for _ in range(3):
+        health.failed(rate_limited=False, retry_after=None)
+    assert health.failures == 3 and len(health.calls) == 9
+    assert health.state() == DEGRADED  # 3 of 9, under min_calls: no cool-down yet
+    health.failed(rate_limited=False, retry_after=None)  # 4 of 10: still under half
+    assert health.available()
+    health.failed(rate_limited=False, retry_after=None)  # 5 of 11: still not over half
+    assert health.available() and health.failures == 5
+    health.failed(rate_limited=False, retry_after=None)  # 6 of 12: not over half
+    assert health.available()
+    health.failed(rate_limited=False, retry_after=None)  # 7 of 13: over half
+    assert not health.available() and health.cooldowns == {"failure_rate": 1}
+    assert health.failures == 0 and not health.calls
 
 
 def test_a_scrape_in_a_worker_thread_reads_routing_state_while_the_loop_changes_it() -> None:
