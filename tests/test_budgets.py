@@ -17,7 +17,6 @@ from tests.conftest import run_gateway, run_sync
 from tests.keyhelpers import gateway_config, manage
 from tollhouse.identity.manage import LimitsInput, Manager
 from tollhouse.store.engine import Store
-from tollhouse.store.ledger import LedgerRepo
 
 MSG = [{"role": "user", "content": "hi there"}]  # 5 prompt tokens by the documented estimate
 BODY = {"model": "chat", "messages": MSG, "max_tokens": 10}
@@ -28,7 +27,7 @@ COST = Decimal("0.0000325")
 def ledger_spend(url: str, scope: str) -> dict[str, Decimal]:
     async def read() -> dict[str, int]:
         async with Store(url) as store:
-            return await LedgerRepo(store.engine).spend_since(scope, 0)  # type: ignore[arg-type]
+            return await store.ledger.spend_since(scope, 0)  # type: ignore[arg-type]
 
     result: dict[str, int] = run_sync(read())
     return {k: Decimal(v) / 10**12 for k, v in result.items()}

@@ -20,7 +20,6 @@ from tests.conftest import mock_config, need, run_gateway, run_sync
 from tests.gateway_process import free_port
 from tests.test_monitoring import RULES, Query, dashboard_queries, rule_queries, rules
 from tollhouse.store.engine import Store
-from tollhouse.store.ledger import LedgerRepo
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 # What Grafana would substitute: every template variable set to "All" (``.*``).
@@ -115,7 +114,7 @@ def scalar(url: str, expr: str) -> float:
 def ledger_usd(store_url: str) -> Decimal:
     async def read() -> dict[str, int]:
         async with Store(store_url) as store:
-            return await LedgerRepo(store.engine).spend_since("backend", 0)
+            return await store.ledger.spend_since("backend", 0)
 
     spend: dict[str, int] = run_sync(read())
     return Decimal(sum(spend.values())) / Decimal(10**12)

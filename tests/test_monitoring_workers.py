@@ -26,7 +26,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import delete_redis_prefix, mock_config, need, redis_available, run_sync
 from tests.gateway_process import free_port
 from tollhouse.store.engine import Store
-from tollhouse.store.ledger import LedgerRepo
 
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 10}
 
@@ -115,7 +114,7 @@ async def burst(url: str, n: int, model: str = "chat") -> list[dict[str, int]]:
 def ledger_usd(tmp_path: Path) -> Decimal:
     async def read() -> dict[str, int]:
         async with Store(f"sqlite+aiosqlite:///{tmp_path}/store.db") as store:
-            return await LedgerRepo(store.engine).spend_since("backend", 0)
+            return await store.ledger.spend_since("backend", 0)
 
     spend: dict[str, int] = run_sync(read())
     return Decimal(sum(spend.values())) / Decimal(10**12)

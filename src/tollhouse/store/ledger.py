@@ -73,8 +73,9 @@ class LedgerRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._sql: dict[int, str] = {}
+        # A SQLite file's ledger is written by its own connection, from the loop's thread.
         url = engine.url
-        self._appender = Appender(url.database) if is_sqlite_file(url) else None  # type: ignore[arg-type]
+        self._appender = Appender(url.database or "") if is_sqlite_file(url) else None
 
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Append ``rows`` in one transaction: all are written or none is. A row whose
