@@ -105,6 +105,16 @@ def serve_app(app: App) -> Iterator[str]:
         thread.join(timeout=15)
 
 
+def mid_minute_clock() -> Callable[[], float]:
+    """A wall clock held 30 s into the current minute, for ``run_gateway(clock=...)``.
+
+    Rate limits count per calendar minute: a test that expects its second request
+    refused fails whenever the real minute turns between the two, so such tests
+    hold the limits' clock still instead."""
+    now = time.time() // 60 * 60 + 30
+    return lambda: now
+
+
 @contextmanager
 def run_gateway(
     raw_config: dict[str, Any],

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import run_gateway
+from tests.conftest import mid_minute_clock, run_gateway
 from tests.keyhelpers import gateway_config, manage
 from tollhouse.identity import keys as keygen
 from tollhouse.identity.manage import LimitsInput, Manager
@@ -83,7 +83,9 @@ def test_key_rpm_with_openai_style_headers_and_retry_after(store_url: str) -> No
     secret = manage(
         store_url, lambda m: m.create_key("rpm3", limits=LimitsInput(rpm=3, tpm=10_000))
     )
-    with run_gateway(gateway_config(store_url)) as gw, httpx.Client(base_url=gw.v1) as http:
+    clock = mid_minute_clock()
+    with run_gateway(gateway_config(store_url), clock=clock) as gw, \
+            httpx.Client(base_url=gw.v1) as http:  # fmt: skip
         seen = [chat(http, secret.secret) for _ in range(4)]
         assert [r.status_code for r in seen] == [200, 200, 200, 429]
         assert [r.headers["x-ratelimit-remaining-requests"] for r in seen[:3]] == ["2", "1", "0"]
@@ -102,7 +104,9 @@ def test_key_rpm_with_openai_style_headers_and_retry_after(store_url: str) -> No
 def test_tpm_counts_tokens_and_settles_to_actual(store_url: str) -> None:
     """The worst case (prompt + max_tokens) is charged first, then corrected to real usage."""
     secret = manage(store_url, lambda m: m.create_key("tpm", limits=LimitsInput(tpm=40)))
-    with run_gateway(gateway_config(store_url)) as gw, httpx.Client(base_url=gw.v1) as http:
+    clock = mid_minute_clock()
+    with run_gateway(gateway_config(store_url), clock=clock) as gw, \
+            httpx.Client(base_url=gw.v1) as http:  # fmt: skip
         body: dict[str, Any] = {"model": "chat", "messages": MSG, "max_tokens": 30}
         auth = {"authorization": f"Bearer {secret.secret}"}
         first = http.post("/chat/completions", json=body, headers=auth)
@@ -122,7 +126,7 @@ def test_key_model_team_and_backend_rate_limits(store_url: str) -> None:
     config = gateway_config(
         store_url, rate_limits=[{"scope": "backend", "name": "mock", "rpm": 100}]
     )
-    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+    with run_gateway(config, clock=mid_minute_clock()) as gw, httpx.Client(base_url=gw.v1) as http:
         assert chat(http, a, "slow").status_code == 200
         per_model = chat(http, a, "slow")
         assert per_model.status_code == 429 and "key_model" in per_model.json()["error"]["message"]

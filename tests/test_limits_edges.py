@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import mock_config, run_gateway
+from tests.conftest import mid_minute_clock, mock_config, run_gateway
 from tests.keyhelpers import gateway_config, manage
 from tollhouse.config import ConfigError, parse_config
 from tollhouse.identity.manage import LimitsInput, Manager
@@ -30,7 +30,8 @@ def test_per_model_limits_count_each_model_separately(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/s.db"
     limits = {"chat": ModelLimit(rpm=1), "slow": ModelLimit(rpm=1)}
     secret = manage(url, lambda m: m.create_key("pm", model_limits=limits)).secret
-    with run_gateway(gateway_config(url)) as gw, httpx.Client(base_url=gw.v1) as http:
+    clock = mid_minute_clock()
+    with run_gateway(gateway_config(url), clock=clock) as gw, httpx.Client(base_url=gw.v1) as http:
         assert [post(http, secret, "chat").status_code, post(http, secret, "slow").status_code,
                 post(http, secret, "chat").status_code] == [200, 200, 429]  # fmt: skip
 
@@ -43,7 +44,8 @@ def test_user_rate_limits_apply_to_all_their_keys(tmp_path: Path) -> None:
         return [(await m.create_key(f"k{i}", user="ann")).secret for i in range(2)]
 
     a, b = manage(url, setup)
-    with run_gateway(gateway_config(url)) as gw, httpx.Client(base_url=gw.v1) as http:
+    clock = mid_minute_clock()
+    with run_gateway(gateway_config(url), clock=clock) as gw, httpx.Client(base_url=gw.v1) as http:
         codes = [post(http, a).status_code, post(http, b).status_code]
         refused = post(http, a)
         assert codes == [200, 200] and refused.status_code == 429

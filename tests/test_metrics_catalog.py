@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import mock_config, need, run_gateway
+from tests.conftest import mid_minute_clock, mock_config, need, run_gateway
 from tollhouse.accounting.event import UsageEvent
 from tollhouse.metrics import docs
 from tollhouse.metrics.catalog import CATALOG
@@ -73,9 +73,13 @@ def failing_sink(event: UsageEvent) -> None:
 
 @pytest.fixture(scope="module")
 def scraped() -> Iterator[tuple[str, dict[str, float]]]:
-    """Drive traffic touching every feature, then take one real scrape."""
+    """Drive traffic touching every feature, then take one real scrape.
+
+    The limits' clock is held mid-minute: the backend's 1 rpm window must not
+    roll over between the second request and the scrape, or the rejection and
+    the remaining gauge would depend on when the suite happens to run."""
     with (
-        run_gateway(traffic_config(), extra_sinks=[failing_sink]) as gw,
+        run_gateway(traffic_config(), extra_sinks=[failing_sink], clock=mid_minute_clock()) as gw,
         httpx.Client(base_url=gw.v1, timeout=10) as http,
     ):
         for model, stream in [
