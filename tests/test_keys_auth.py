@@ -3,6 +3,7 @@ the key may not use, OpenAI-style rate limits with headers — against SQLite an
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,6 +78,19 @@ def test_admin_key_from_environment_is_a_principal(store_url: str) -> None:
             httpx.Client(base_url=gw.v1) as http:  # fmt: skip
         assert chat(http, "sk-admin-test-1").status_code == 200
         assert gw.wait_events(1)[0].key == "admin"
+
+
+def test_key_expiry_follows_the_gateways_clock(store_url: str) -> None:
+    """Expiry is read on the same wall clock as budget and rate windows, so a gateway whose
+    clock is past a key's ``expires_at`` refuses it, whatever the machine's time says."""
+    secret = manage(store_url, lambda m: m.create_key("short", expires_in="2h")).secret
+    for hours, status in [(1, 200), (3, 401)]:
+        later = time.time() + hours * 3600
+        with run_gateway(gateway_config(store_url), clock=lambda t=later: t) as gw, \
+                httpx.Client(base_url=gw.v1) as http:  # fmt: skip
+            r = chat(http, secret)
+            assert r.status_code == status, r.text
+            assert status == 200 or r.json()["error"]["code"] == "expired_api_key"
 
 
 def test_key_rpm_with_openai_style_headers_and_retry_after(store_url: str) -> None:

@@ -66,7 +66,7 @@ class App:
     ) -> None:
         self.config = config
         self.metrics = Metrics(registry)
-        self._clock = clock  # wall clock for budget and rate windows (tests move it)
+        self._clock = clock  # wall clock: budget and rate windows, key expiry (tests move it)
         self.snapshot = LimitsSnapshot(None, clock)
         self.metrics.registry.register(self.snapshot)
         self._router: Router | None = None
@@ -115,7 +115,9 @@ class App:
             directory = StoreDirectory(
                 Keys(store.engine), Teams(store.engine), Users(store.engine), admin_key
             )
-            auth = guarded_authenticator(directory, config, self.metrics, self._admin_settings)
+            auth = guarded_authenticator(
+                directory, config, self.metrics, self._admin_settings, self._clock
+            )
             gw = Gateway.build(config, router, self.prices, self.metrics,
                                self._sinks(ledger, access_log), auth, admission, self.snapshot)  # fmt: skip
             gw.end_users = EndUserDirectory(

@@ -103,10 +103,12 @@ class GuardedAuthenticator(Authenticator):
         required: bool,
         cache_ttl: float,
         stale_if_error: float,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(
-            directory, required=required, cache_ttl=cache_ttl, stale_if_error=stale_if_error
-        )
+            directory, required=required, cache_ttl=cache_ttl, stale_if_error=stale_if_error,
+            wall=wall,
+        )  # fmt: skip
         self.guard = guard
 
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:

@@ -8,6 +8,8 @@ the ASGI app the gateway mounts under ``/admin/``.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -24,13 +26,17 @@ __all__ = ["AdminSettings", "client_address", "guarded_authenticator", "open_adm
 
 
 def guarded_authenticator(
-    directory: Directory, config: Config, metrics: Metrics, settings: AdminSettings
+    directory: Directory,
+    config: Config,
+    metrics: Metrics,
+    settings: AdminSettings,
+    wall: Callable[[], float] = time.time,
 ) -> GuardedAuthenticator:
     guard = AuthGuard(settings, metrics.auth_failures, metrics.auth_throttled)
     auth = config.auth
     return GuardedAuthenticator(
         guard, directory, required=auth.required, cache_ttl=auth.cache_ttl,
-        stale_if_error=auth.stale_if_error,
+        stale_if_error=auth.stale_if_error, wall=wall,
     )  # fmt: skip
 
 

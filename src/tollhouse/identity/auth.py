@@ -58,9 +58,11 @@ class Authenticator:
         cache_ttl: float,
         stale_if_error: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._directory = directory
         self._required = required
+        self._wall = wall  # the app's wall clock: key expiry follows the one budgets use
         self._cache: LookupCache[KeyGrant | None] = LookupCache(
             "api_key", ttl=cache_ttl, stale_if_error=stale_if_error, max_entries=MAX_CACHED,
             clock=clock,
@@ -91,6 +93,6 @@ class Authenticator:
             raise Unauthorized("Incorrect API key provided.", code="invalid_api_key")
         if grant.blocked:
             raise Unauthorized("This API key has been blocked.", code="blocked_api_key")
-        if grant.expires_at is not None and grant.expires_at.timestamp() <= time.time():
+        if grant.expires_at is not None and grant.expires_at.timestamp() <= self._wall():
             raise Unauthorized("This API key has expired.", code="expired_api_key")
         return grant.principal
