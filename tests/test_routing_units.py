@@ -127,12 +127,26 @@ def test_a_failure_counts_the_window_without_walking_it() -> None:
     assert health.failures == 0 and not health.calls
 
 
+class _Finalized:
+    """A reference cycle with a finalizer: only a garbage collection frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        for _ in range(20):  # a finalizer long enough for the other thread to take over
+            pass
+
+
 def test_a_scrape_in_a_worker_thread_reads_routing_state_while_the_loop_changes_it() -> None:
     """/metrics renders in a worker thread (so a scrape never stalls the loop) while the
     loop records calls. The routing collector walked each deployment's window of calls
     and its cooldown counts as they changed: under load, scrapes failed with "deque
-    mutated during iteration" (found by bench/ledger_saturation.py). A tiny switch
-    interval makes the threads interleave as a busy process does."""
+    mutated during iteration" (found by bench/ledger_saturation.py), and copying a dict
+    with ``tuple(d.items())`` let the loop in when the copy's allocations started a garbage
+    collection whose finalizers run Python code (CI, in the full suite). A tiny switch
+    interval makes the threads interleave as a busy process does; the cycles with a
+    finalizer made here are the garbage a long-running gateway has."""
     clock = Clock()
     routes = router(clock)
     health = routes.resolve("g").deployments[0].health
@@ -156,9 +170,12 @@ def test_a_scrape_in_a_worker_thread_reads_routing_state_while_the_loop_changes_
     scraper = threading.Thread(target=scrape)
     scraper.start()
     try:
-        for i in range(100_000):
+        for i in range(300_000):
             health.succeeded(0.1)
-            health.cooldowns[f"reason-{i % 1000}"] = i
+            reason = f"reason-{i % 1000}"
+            health.cooldowns.pop(reason, None)  # its size changes on every step, not 1,000
+            health.cooldowns[reason] = i
+            _Finalized()
             if errors:
                 break
     finally:

@@ -3,7 +3,11 @@
 Read straight from the router's live health objects when scraped; nothing is
 updated per request (routing itself never imports metrics). The scrape runs in a
 worker thread (``exposition``) while the loop keeps changing those objects, so every
-dict is copied in one C call (``tuple()``) before it is walked, and nothing is changed.
+dict is copied with ``dict.copy()`` before it is walked, and nothing is changed.
+``dict.copy()`` allocates no object per entry, so no garbage collection (whose
+finalizers run Python code, letting the loop's thread in) can start halfway through;
+``tuple(d.items())`` builds a tuple per entry and failed that way in CI with
+"dictionary changed size during iteration".
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ class RoutingCollector:
                 for dep in group.deployments:
                     t = dep.target
                     state.add_metric([group.name, t.backend, t.upstream_model], dep.health.state())
-                    for reason, count in tuple(dep.health.cooldowns.items()):
+                    for reason, count in dep.health.cooldowns.copy().items():
                         totals[(t.backend, reason)] += count
         for (backend, reason), count in sorted(totals.items()):
             cooldowns.add_metric([backend, reason], count)
@@ -46,6 +50,6 @@ class RoutingCollector:
         up = GaugeMetricFamily(c.BACKEND_UP.name, c.BACKEND_UP.help, labels=c.BACKEND_UP.labels)
         prober = self._prober()
         if prober is not None:
-            for backend, result in sorted(tuple(prober.results.items())):
+            for backend, result in sorted(prober.results.copy().items()):
                 up.add_metric([backend], 1.0 if result.up else 0.0)
         yield up
