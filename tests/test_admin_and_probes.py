@@ -664,15 +664,14 @@ def test_backends_and_models_report_live_state() -> None:
 # --- budgets: live spend ------------------------------------------------------------------
 
 
-def _seconds_to(boundary: datetime) -> float:
-    return (boundary - datetime.now(UTC)).total_seconds()
-
-
 def test_budgets_report_spend_remaining_and_reset_from_live_counters() -> None:
     """``GET /budgets`` lists the budgets on keys, teams and users with their spend (exactly
     the priced requests' cost), reservations, remaining amount and the seconds to the
-    period's reset, read from the live counters."""
-    with admin_gateway(local_config()) as gw, admin_client(gw) as api:
+    period's reset, read from the live counters in the windows the gate charged: both read
+    the app's clock, here held in the middle of an hour three hours ago (so no real hour
+    boundary can split the test, and a report read on the machine's time finds nothing)."""
+    then = (time.time() // 3600 - 3) * 3600 + 1800
+    with admin_gateway(local_config(), clock=lambda: then) as gw, admin_client(gw) as api:
         team = {"max_budget_usd": "5", "budget_period": "monthly"}
         user = {"max_budget_usd": "3", "soft_budget_usd": "1", "budget_period": "hourly"}
         key = {"max_budget_usd": "1", "budget_period": "daily"}
@@ -686,7 +685,7 @@ def test_budgets_report_spend_remaining_and_reset_from_live_counters() -> None:
         spent = sum((e.cost or Decimal(0) for e in events), Decimal(0))
         assert spent > 0
         budgets = {(b["scope"], b["entity"]): b for b in ok(api.get("/budgets"))}
-        now = datetime.now(UTC)
+        now = datetime.fromtimestamp(then, UTC)
         midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
         hour = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
         month = (now.replace(day=28) + timedelta(days=4)).replace(
@@ -699,7 +698,7 @@ def test_budgets_report_spend_remaining_and_reset_from_live_counters() -> None:
             assert Decimal(b["spend_usd"]) == spent, scope
             assert Decimal(b["reserved_usd"]) == 0
             assert Decimal(b["remaining_usd"]) == Decimal(limit) - spent
-            assert abs(b["resets_in_seconds"] - _seconds_to(reset)) < 5, scope
+            assert b["resets_in_seconds"] == (reset - now).total_seconds(), scope
 
 
 # --- detailed health ------------------------------------------------------------------------

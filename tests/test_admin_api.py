@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,9 +25,13 @@ FAST = AdminSettings(rate=1000, burst=1000, rollup_interval=0.05, lag_interval=0
 
 @contextmanager
 def admin_gateway(
-    raw: dict[str, Any], settings: AdminSettings = FAST, admin_key: str | None = ADMIN_KEY
+    raw: dict[str, Any],
+    settings: AdminSettings = FAST,
+    admin_key: str | None = ADMIN_KEY,
+    clock: Callable[[], float] | None = None,
 ) -> Iterator[RunningGateway]:
-    """The real gateway with an admin key in its environment and the given admin settings."""
+    """The real gateway with an admin key in its environment and the given admin settings
+    (and ``clock``, the app's wall clock, when given)."""
     environ = {"TOLLHOUSE_ADMIN_KEY": admin_key} if admin_key else {}
     with tempfile.TemporaryDirectory(prefix="tollhouse-admin-") as tmp:
         raw = {**raw}
@@ -35,8 +39,9 @@ def admin_gateway(
         config = parse_config(raw, environ=environ)
         registry = CollectorRegistry()
         events: list[UsageEvent] = []
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
         app = App(config, registry=registry, environ=environ, extra_sinks=[events.append],
-                  admin=settings)  # fmt: skip
+                  admin=settings, **extra)  # fmt: skip
         with serve_app(app) as url:
             yield RunningGateway(app, url, registry, events)
 

@@ -131,7 +131,7 @@ class App:
             self.admin_app = await open_admin(
                 stack, config=config, store=store, metrics=self.metrics, auth=auth,
                 admin_key=admin_key, settings=self._admin_settings, limits=backend,
-                ledger=ledger, admission=admission, router=router,
+                ledger=ledger, admission=admission, router=router, clock=self._clock,
             )  # fmt: skip
             self.gateway = gw
             # Everything built so far lives as long as the process: move it out of the

@@ -7,6 +7,7 @@ nothing is global, and ``start``/``stop`` own the background tasks.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class AdminRuntime:
     router: Any = None  # the routing layer, for live backend state when it offers any
     on_change: Any = None  # called after every mutation (drops cached key lookups)
     started_at: float = field(default_factory=time.time)
+    clock: Callable[[], float] = time.time  # the app's wall clock: the gate's budget windows
 
     def __post_init__(self) -> None:
         self.service = AdminService(self.store, self.on_change or (lambda: None))
