@@ -66,7 +66,7 @@ class App:
     ) -> None:
         self.config = config
         self.metrics = Metrics(registry)
-        self._clock = clock  # wall clock: budget and rate windows, key expiry (tests move it)
+        self._clock = clock  # wall clock: limits' windows, key expiry, budget report
         self.snapshot = LimitsSnapshot(None, clock)
         self.metrics.registry.register(self.snapshot)
         self._router: Router | None = None
@@ -131,7 +131,7 @@ class App:
             self.admin_app = await open_admin(
                 stack, config=config, store=store, metrics=self.metrics, auth=auth,
                 admin_key=admin_key, settings=self._admin_settings, limits=backend,
-                ledger=ledger, admission=admission, router=router, clock=self._clock,
+                ledger=ledger, admission=admission, router=router, wall=self._clock,
             )  # fmt: skip
             self.gateway = gw
             # Everything built so far lives as long as the process: move it out of the

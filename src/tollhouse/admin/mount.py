@@ -53,14 +53,14 @@ async def open_admin(
     ledger: Any,
     admission: Any,
     router: Any,
-    clock: Callable[[], float] = time.time,
+    wall: Callable[[], float] = time.time,
 ) -> Any:
     """Start the admin runtime (stopped by ``stack``) and return the admin ASGI app."""
     rt = AdminRuntime(
         config=config, store=store, metrics=metrics, guard=auth.guard, admin_key=admin_key,
         settings=settings, limits=limits, ledger=ledger,
         config_budgets=tuple(getattr(admission, "config_budgets", ())), router=router,
-        on_change=auth.forget, clock=clock,
+        on_change=auth.forget, wall=wall,
     )  # fmt: skip
     await rt.start()
     stack.push_async_callback(rt.stop)

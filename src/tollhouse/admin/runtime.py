@@ -36,7 +36,7 @@ class AdminRuntime:
     router: Any = None  # the routing layer, for live backend state when it offers any
     on_change: Any = None  # called after every mutation (drops cached key lookups)
     started_at: float = field(default_factory=time.time)
-    clock: Callable[[], float] = time.time  # the app's wall clock: the gate's budget windows
+    wall: Callable[[], float] = time.time  # the app's wall clock: the gate's budget windows
 
     def __post_init__(self) -> None:
         self.service = AdminService(self.store, self.on_change or (lambda: None))

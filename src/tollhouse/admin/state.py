@@ -146,7 +146,7 @@ async def budgets(rt: AdminRuntime) -> list[BudgetOut]:
     rules = [*rt.config_budgets, *await budget_rules_of(rt.store)]
     if rt.limits is None or not rules:
         return []
-    now = rt.clock()
+    now = rt.wall()
     names = [budget_counter(r, now) for r in rules]
     states = await rt.limits.budget_states([n for n, _, _ in names])
 
