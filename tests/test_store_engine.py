@@ -8,8 +8,11 @@ dropped afterwards. ``TOLLHOUSE_TEST_POSTGRES`` points at another server.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,9 +20,11 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 
 from tests.conftest import need
 from tollhouse.store import Store, create_engine, migrate, normalize_url
+from tollhouse.store.migrate import alembic_config
 
 BACKENDS = ["sqlite", "postgresql"]
 POSTGRES = os.environ.get(
@@ -104,3 +109,29 @@ async def test_sqlite_connections_use_wal_a_busy_timeout_and_foreign_keys(tmp_pa
         assert await conn.scalar(sa.text("PRAGMA journal_mode")) == "wal"
         assert await conn.scalar(sa.text("PRAGMA busy_timeout")) == 5000
         assert await conn.scalar(sa.text("PRAGMA foreign_keys")) == 1
+
+
+_MIGRATE_AT = """
+import asyncio, sys, time
+from tollhouse.store import migrate
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+asyncio.run(migrate(sys.argv[1]))
+"""
+
+
+async def test_replicas_starting_together_all_migrate_the_same_database(url: str) -> None:
+    """Four processes migrate one fresh database at the same instant (``--workers 4``, or
+    replicas rolled out together): every one starts, one applies the migrations and the
+    rest find nothing to do. On SQLite a migration that read the schema before taking the
+    write lock fails with "database is locked" when another writes first, however long
+    the busy timeout: its snapshot is stale, so waiting cannot help."""
+    start_at = time.time() + 2.0  # every interpreter imported and waiting by then
+    argv = (sys.executable, "-c", _MIGRATE_AT, url, repr(start_at))
+    out, err = asyncio.subprocess.PIPE, asyncio.subprocess.STDOUT
+    procs = [await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=err) for _ in range(4)]
+    outputs = [(await p.communicate())[0].decode() for p in procs]
+    failed = [out for p, out in zip(procs, outputs, strict=True) if p.returncode]
+    assert not failed, failed[0]
+    async with Store(url) as store, store.engine.connect() as conn:
+        revision = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
+    assert revision == ScriptDirectory.from_config(alembic_config(url)).get_current_head()

@@ -35,7 +35,9 @@ def normalize_url(url: str | URL) -> URL:
     return parsed.set(drivername=_ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername))
 
 
-def create_engine(url: str | URL, timeout: float | None = None) -> AsyncEngine:
+def create_engine(
+    url: str | URL, timeout: float | None = None, *, write_first: bool = False
+) -> AsyncEngine:
     """An async engine for ``url``; a relative SQLite path is relative to the working directory.
 
     The directory of a SQLite file is created if missing, so ``sqlite:///data/x.db``
@@ -47,6 +49,13 @@ def create_engine(url: str | URL, timeout: float | None = None) -> AsyncEngine:
     drops packets rather than refusing them) otherwise holds every request that
     needs it until TCP gives up, hours later. Migrations pass none: building an
     index on a large ledger may take longer.
+
+    ``write_first`` makes every SQLite transaction take the write lock as it begins
+    (``BEGIN IMMEDIATE``), for a transaction that reads and then writes while another
+    process may write the same file: migrations. A plain ``BEGIN`` reads from a
+    snapshot and asks for the lock only at its first write; if another connection
+    wrote in between, that snapshot is stale and SQLite fails the write at once
+    ("database is locked") instead of waiting out the busy timeout.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -61,7 +70,7 @@ def create_engine(url: str | URL, timeout: float | None = None) -> AsyncEngine:
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(parsed, hide_parameters=True)
     sa.event.listen(engine.sync_engine, "connect", _configure_sqlite)
-    sa.event.listen(engine.sync_engine, "begin", _begin_sqlite)
+    sa.event.listen(engine.sync_engine, "begin", _begin_writing if write_first else _begin_sqlite)
     return engine
 
 
@@ -91,6 +100,10 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 def _begin_sqlite(connection: sa.Connection) -> None:
     connection.exec_driver_sql("BEGIN")
+
+
+def _begin_writing(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Store:
