@@ -3,6 +3,10 @@ gateway keeps serving."""
 
 from __future__ import annotations
 
+import gzip
+import logging
+import socket
+import time
 from typing import Any
 
 import httpx
@@ -11,6 +15,10 @@ import pytest
 from tests.conftest import mock_config, run_gateway
 
 GOOD = b'{"model":"chat","messages":[{"role":"user","content":"hi"}]}'
+DEEP = b'{"model":"%s","messages":[{"role":"user","content":"hi"}],"input":"x","x":' + (
+    b"[" * 300 + b"]" * 300 + b"}"
+)
+USER = b'{"model":"chat","messages":[{"role":"user","content":"hi"}],"user":%s}'
 
 CASES: list[tuple[str, str, bytes, int, str, str | None]] = [
     # (name, path, body, status, code, param)
@@ -89,6 +97,35 @@ CASES: list[tuple[str, str, bytes, int, str, str | None]] = [
         "invalid_request",
         "input",
     ),
+    # orjson reads 1024 levels but writes 254, and the gateway writes the body again for
+    # the upstream: a 300-deep field was a 500 that blamed the backend.
+    ("nested too deep", "/v1/chat/completions", DEEP % b"chat", 400, "invalid_json", None),
+    ("embeddings nested too deep", "/v1/embeddings", DEEP % b"embed", 400, "invalid_json", None),
+    ("user wrong type", "/v1/chat/completions", USER % b"5", 400, "invalid_request", "user"),
+    (
+        "user too long",
+        "/v1/chat/completions",
+        USER % (b'"' + b"u" * 257 + b'"'),
+        400,
+        "invalid_request",
+        "user",
+    ),
+    (
+        "embeddings user wrong type",
+        "/v1/embeddings",
+        b'{"model":"embed","input":"x","user":5}',
+        400,
+        "invalid_request",
+        "user",
+    ),
+    (
+        "embeddings user too long",
+        "/v1/embeddings",
+        b'{"model":"embed","input":"x","user":"' + b"u" * 257 + b'"}',
+        400,
+        "invalid_request",
+        "user",
+    ),
 ]
 
 
@@ -164,3 +201,75 @@ def test_wrong_method_and_unknown_route() -> None:
         assert gw.wait_events(1)[0].status == 405
         r = http.get("/v1/nothing-here")
         assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_deep_but_writable_bodies_and_bracket_heavy_ones_are_served() -> None:
+    """The depth limit (128) leaves room for real bodies: a field 100 levels deep goes
+    through, and so does a long conversation whose many brackets nest only 3 deep."""
+    with run_gateway(mock_config()) as gw, httpx.Client(base_url=gw.url) as http:
+        deep = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+        nested: Any = []
+        for _ in range(99):
+            nested = [nested]
+        deep["x"] = nested
+        assert http.post("/v1/chat/completions", json=deep).status_code == 200
+        turns = [{"role": "user", "content": [{"type": "text", "text": "[{}]"}]}] * 200
+        r = http.post("/v1/chat/completions", json={"model": "chat", "messages": turns})
+        assert r.status_code == 200
+        assert [e.outcome.value for e in gw.wait_events(2)] == ["success", "success"]
+
+
+def test_a_compressed_body_is_415_and_counted() -> None:
+    with run_gateway(mock_config()) as gw, httpx.Client(base_url=gw.url) as http:
+        r = http.post("/v1/chat/completions", content=gzip.compress(GOOD),
+                      headers={"content-encoding": "gzip"})  # fmt: skip
+        assert r.status_code == 415
+        error = r.json()["error"]
+        assert error["code"] == "unsupported_content_encoding" and "gzip" in error["message"]
+        assert gw.wait_events(1)[0].status == 415
+        assert gw.total("llm_errors_total", error_type="bad_request") == 1
+        ok = http.post("/v1/chat/completions", content=GOOD,
+                       headers={"content-encoding": "identity"})  # fmt: skip
+        assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_client_that_leaves_mid_body_is_cancelled_and_nothing_goes_upstream(
+    framing: str,
+) -> None:
+    """The part of a body that arrived is not a request the client made: before, it was
+    sent upstream and billed (or, cut inside the JSON, recorded as the client's bad
+    input)."""
+    whole = b'{"model":"chat","messages":[{"role":"user","content":"hello world"}]}'
+    if framing == "content-length":
+        head = f"Content-Length: {len(whole) + 40}\r\n".encode()
+        sent = whole  # valid JSON, 40 bytes short of what was declared
+    else:
+        head = b"Transfer-Encoding: chunked\r\n"
+        sent = b"%x\r\n%s\r\n" % (len(whole), whole)  # no closing 0-size chunk
+    with run_gateway(mock_config()) as gw:
+        port = int(gw.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n" + head +
+                         b"Content-Type: application/json\r\n\r\n" + sent)  # fmt: skip
+            time.sleep(0.2)
+        event = gw.wait_events(1)[0]
+        assert (event.outcome.value, event.status, event.model) == ("cancelled", 499, "none")
+        assert event.attempts == () and event.usage.input == 0
+        assert gw.total("llm_upstream_requests_total") == 0
+        assert gw.total("llm_requests_total", outcome="cancelled") == 1
+
+
+def test_an_unknown_route_is_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A client calling an endpoint the gateway lacks is visible to the operator: 404s
+    leave no UsageEvent (no model, no usage) but count by method and log their path."""
+    caplog.set_level(logging.INFO, logger="tollhouse")
+    with run_gateway(mock_config()) as gw, httpx.Client(base_url=gw.url) as http:
+        assert http.post("/v1/completions", json={"prompt": "x"}).status_code == 404
+        assert http.get("/v1/nothing-here").status_code == 404
+        assert http.request("PROPFIND", "/v1/x").status_code == 404
+        assert gw.total("tollhouse_unrouted_requests_total") == 3
+        for method in ("POST", "GET", "other"):
+            assert gw.metric("tollhouse_unrouted_requests_total", method=method) == 1
+    logged = [r.getMessage() for r in caplog.records if "route_not_found" in r.getMessage()]
+    assert any("method=POST path=/v1/completions" in line for line in logged)

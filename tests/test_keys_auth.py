@@ -72,6 +72,24 @@ def test_models_the_key_may_not_use_are_403(store_url: str) -> None:
         assert gw.total("llm_requests_total", key="narrow", team="ml") == 4
 
 
+def test_models_list_needs_a_key_and_shows_only_the_keys_models(store_url: str) -> None:
+    """GET /v1/models answered anyone with every model, whatever auth.required said."""
+
+    async def setup(m: Manager) -> str:
+        await m.create_team("ml", LimitsInput(), models=["chat", "embed"])
+        return (await m.create_key("narrow", team="ml", models=["chat", "slow"])).secret
+
+    secret = manage(store_url, setup)
+    with run_gateway(gateway_config(store_url)) as gw, httpx.Client(base_url=gw.v1) as http:
+        assert http.get("/models").status_code == 401
+        r = http.get("/models", headers={"authorization": "Bearer sk-th-not-a-key"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert "sk-th-not-a-key" not in r.text
+        r = http.get("/models", headers={"authorization": f"Bearer {secret}"})
+        assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["chat"]
+        assert gw.metric("tollhouse_auth_failures_total", surface="proxy", reason="invalid") == 1
+
+
 def test_admin_key_from_environment_is_a_principal(store_url: str) -> None:
     config = gateway_config(store_url)
     with run_gateway(config, environ={"TOLLHOUSE_ADMIN_KEY": "sk-admin-test-1"}) as gw, \

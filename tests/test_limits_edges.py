@@ -3,6 +3,7 @@ end-user spend after a restart, and config that names what does not exist."""
 
 from __future__ import annotations
 
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from tests.conftest import mid_minute_clock, mock_config, run_gateway
 from tests.keyhelpers import gateway_config, manage
 from tollhouse.config import ConfigError, parse_config
 from tollhouse.identity.manage import LimitsInput, Manager
+from tollhouse.identity.principal import BudgetRule, RateRule
+from tollhouse.limits.memory import MemoryLimits
+from tollhouse.metrics.snapshot import MAX_TRACKED, LimitsSnapshot
 from tollhouse.store.models import ModelLimit
 
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 10}
@@ -144,3 +148,17 @@ def test_manager_rejects_impossible_limits(tmp_path: Path) -> None:
                       (LimitsInput(rpm=0), "rpm must be at least 1")]:  # fmt: skip
         with pytest.raises(ValueError, match=text):
             manage(url, lambda m, bad=bad: m.create_key("x", limits=bad))  # type: ignore[misc]
+
+
+async def test_end_users_cannot_crowd_other_budgets_out_of_the_gauges() -> None:
+    """Gauges are capped (cardinality), and end users, one per distinct ``user`` a client
+    sends, have a cap of their own: 10,000 of them used to fill the only cap, so a key
+    created afterwards never got its budget gauges."""
+    snapshot = LimitsSnapshot(MemoryLimits())
+    crowd = [BudgetRule("end_user", f"u{i}", 10**9, "daily") for i in range(MAX_TRACKED + 5)]
+    snapshot.track(crowd, [RateRule("end_user", f"u{i}", "rpm", 5) for i in range(MAX_TRACKED)])
+    snapshot.track([BudgetRule("key", "late", 10**9, "daily")], [RateRule("key", "late", "rpm", 5)])
+    await snapshot.refresh()
+    scopes = Counter(rule.scope for rule, _, _ in snapshot.current.budgets)
+    assert scopes == {"end_user": MAX_TRACKED, "key": 1}
+    assert [r.entity for r, _ in snapshot.current.rates if r.scope == "key"] == ["late"]

@@ -102,6 +102,7 @@ def scraped() -> Iterator[tuple[str, dict[str, float]]]:
         assert http.post("/embeddings", json={"model": "embed", "input": "x"}).status_code == 200
         for _ in range(21):  # admin API without an admin key: 20 failures, then throttled
             httpx.get(gw.url + "/admin/v1/health")
+        assert http.post("/completions", json={"prompt": "x"}).status_code == 404  # no route
         gw.wait_events(11)
         text = httpx.get(gw.url + "/metrics").text
         samples = {

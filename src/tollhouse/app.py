@@ -194,15 +194,15 @@ class App:
             return
         proxied = routes.PROXIED.get(path)
         if proxied is not None:
-            client = scope.get("client")  # for throttling repeated failed authentications
-            client_address.set(client[0] if client else None)
+            _note_client(scope)
             await routes.proxied(gw, proxied[0], proxied[1], scope, receive, send)
         elif path.startswith("/admin/") and self.admin_app is not None:
             await self.admin_app(scope, receive, send)
         elif method not in ("GET", "HEAD"):
             await self._reject(scope, send, RouteNotFound(f"no route {method} {path}"))
         elif path in ("/v1/models", "/models"):
-            await routes.models(gw, send, request_id(scope))
+            _note_client(scope)
+            await routes.models(gw, scope, send, request_id(scope))
         elif path == self.config.server.metrics_path:
             await routes.metrics(gw, scope, send)
         elif path == "/health":
@@ -213,7 +213,15 @@ class App:
             await self._reject(scope, send, RouteNotFound(f"no route GET {path}"))
 
     async def _reject(self, scope: dict[str, Any], send: Any, err: GatewayError) -> None:
-        await send_error(send, err, [(b"x-request-id", request_id(scope).encode())])
+        """A path the gateway does not serve: no model, no usage, so no UsageEvent (a
+        scanner would fill the ledger), but counted and logged with its path, so an
+        operator sees clients calling an endpoint the gateway lacks."""
+        rid = request_id(scope)
+        method = scope["method"]
+        self.metrics.unrouted.labels(method if method in _METHODS else "other").inc()
+        log.info("route_not_found request_id=%s method=%s path=%s",
+                 rid, method, scope["path"][:200])  # fmt: skip
+        await send_error(send, err, [(b"x-request-id", rid.encode())])
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         message = await receive()
@@ -229,6 +237,16 @@ class App:
             await send({"type": kind, "message": f"{type(err).__name__}: {err}"})
             return
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _note_client(scope: dict[str, Any]) -> None:
+    """The client's address, for throttling repeated failed authentications."""
+    client = scope.get("client")
+    client_address.set(client[0] if client else None)
+
+
+# Methods counted by name in tollhouse_unrouted_requests_total; others count as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class _NotReady:

@@ -118,6 +118,21 @@ class PayloadTooLarge(GatewayError):
     error_type = ErrorType.PAYLOAD_TOO_LARGE
 
 
+class UnsupportedEncoding(GatewayError):
+    """415: a compressed (``Content-Encoding``) body, which the gateway does not decode."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+    error_type = ErrorType.BAD_REQUEST
+
+
+class ClientDisconnected(Exception):
+    """The client closed its connection before its request body was complete: nothing
+    is sent upstream and nobody is there to answer; the request is recorded as
+    cancelled (499)."""
+
+
 class Unauthorized(GatewayError):
     """401: no key, an unknown key, an expired key or a blocked key (``code`` says which)."""
 

@@ -275,11 +275,18 @@ AUTH_THROTTLED = MetricSpec(
     "Requests refused (429) because their address failed authentication too often recently.",
     ("surface",),
 )  # fmt: skip
+UNROUTED = MetricSpec(
+    "tollhouse_unrouted_requests_total", "counter",
+    "Requests to a path the gateway does not serve (answered 404), by method: clients "
+    "calling an endpoint it lacks (/v1/completions, say) or a wrong base URL. The path "
+    "is in the gateway's log (route_not_found).",
+    ("method",),
+)  # fmt: skip
 LOOP_LAG = MetricSpec(
     "tollhouse_event_loop_lag_seconds", "gauge",
     "How late the event loop woke a periodic probe, last measurement: time callbacks wait.",
 )  # fmt: skip
-ADMIN_CATALOG = (ADMIN_REQUESTS, AUTH_FAILURES, AUTH_THROTTLED, LOOP_LAG)
+ADMIN_CATALOG = (ADMIN_REQUESTS, AUTH_FAILURES, AUTH_THROTTLED, UNROUTED, LOOP_LAG)
 CATALOG = (*CATALOG, *ADMIN_CATALOG)
 
 

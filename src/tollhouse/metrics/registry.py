@@ -58,5 +58,6 @@ class Metrics:
         self.admin_requests: Counter = build(c.ADMIN_REQUESTS, r)
         self.auth_failures: Counter = build(c.AUTH_FAILURES, r)
         self.auth_throttled: Counter = build(c.AUTH_THROTTLED, r)
+        self.unrouted: Counter = build(c.UNROUTED, r)
         self.loop_lag: Gauge = build(c.LOOP_LAG, r)
         self.build_info.labels(__version__, platform.python_version()).set(1)

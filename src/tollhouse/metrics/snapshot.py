@@ -27,7 +27,11 @@ def usd(nano: int) -> float:
     return float(Decimal(nano) / NANO)
 
 
-MAX_TRACKED = 10_000  # rules shown as gauges; end users beyond this fold away (cardinality)
+# Rules shown as gauges, counted apart for end users (whose number the clients decide, one
+# per distinct ``user``) and for everything else (keys, teams, users, models, backends,
+# providers: what the operator created), so end users can never crowd the others out.
+# Rules beyond a cap are not shown (cardinality); they are still enforced.
+MAX_TRACKED = 10_000
 
 
 class Pingable(Protocol):
@@ -57,6 +61,8 @@ class LimitsSnapshot:
         self._clock = clock
         self._budgets: dict[tuple[str, str, str], BudgetRule] = {}
         self._rates: dict[tuple[str, str, str, str | None], RateRule] = {}
+        self._counts = {("budget", True): 0, ("budget", False): 0,
+                        ("rate", True): 0, ("rate", False): 0}  # fmt: skip
         self.current = Snapshot()
         self.ledger: Callable[[], LedgerStats] = LedgerStats
         self._store: Pingable | None = None
@@ -68,12 +74,20 @@ class LimitsSnapshot:
         """Remember rules so they are reported (bounded; cheap enough for the request path)."""
         for b in budgets:
             key = (b.scope, b.entity, b.period)
-            if key not in self._budgets and len(self._budgets) < MAX_TRACKED:
+            if key not in self._budgets and self._room("budget", b.scope):
                 self._budgets[key] = b
         for r in rates:
             rkey = (r.scope, r.entity, r.kind, r.model)
-            if rkey not in self._rates and len(self._rates) < MAX_TRACKED:
+            if rkey not in self._rates and self._room("rate", r.scope):
                 self._rates[rkey] = r
+
+    def _room(self, kind: str, scope: str) -> bool:
+        """Count one more rule of ``kind`` if its share (end users, or the rest) has room."""
+        share = (kind, scope == "end_user")
+        if self._counts[share] >= MAX_TRACKED:
+            return False
+        self._counts[share] += 1
+        return True
 
     def attach(self, backend: LimitsBackend, ledger: object, store: Pingable | None = None,
                backend_name: str = "memory") -> None:  # fmt: skip

@@ -8,7 +8,12 @@ from typing import Any
 
 import orjson
 
-from tollhouse.errors import InvalidJSON, PayloadTooLarge
+from tollhouse.errors import (
+    ClientDisconnected,
+    InvalidJSON,
+    PayloadTooLarge,
+    UnsupportedEncoding,
+)
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -45,16 +50,25 @@ def request_id(scope: Scope) -> str:
 
 
 async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
-    """Read the whole body, refusing (413) anything larger than ``limit`` bytes."""
+    """Read the whole body, refusing (413) anything larger than ``limit`` bytes and (415)
+    a compressed one. A client that leaves before the end of its body raises
+    ``ClientDisconnected``: the part that arrived is not a request it made."""
     declared = header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
+    encoding = header(scope, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        shown = encoding[:32].decode("latin-1")
+        raise UnsupportedEncoding(
+            f"request bodies with Content-Encoding '{shown}' are not supported; send the "
+            "JSON uncompressed"
+        )
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientDisconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -65,13 +79,42 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+# How deep a request body's arrays and objects may nest. orjson reads up to 1024 levels
+# but writes at most 254, and the gateway writes every body again (to the upstream, into
+# a cache key); the margin covers the levels a translation adds (Anthropic's content
+# blocks). Real requests, tool schemas included, stay far below it.
+MAX_DEPTH = 128
+
+
 def parse_json(raw: bytes) -> Any:
     if not raw:
         raise InvalidJSON("request body is empty; expected a JSON object")
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
         raise InvalidJSON(f"request body is not valid JSON: {err}") from None
+    # Only a body with that many brackets can nest that deep: two C-speed scans spare
+    # the walk to nearly every request.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise InvalidJSON(f"request body nests arrays and objects more than {MAX_DEPTH} deep")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` has containers nested more than ``limit`` deep (no recursion:
+    the point is to survive what would exhaust it)."""
+    if not isinstance(value, dict | list):
+        return False
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                pending.append((child, depth + 1))
+    return False
 
 
 async def send_bytes(

@@ -18,11 +18,10 @@ from tollhouse.routing.router import Deployment
 
 async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, send: Any) -> None:
     body = parse_json(await read_body(scope, receive, gw.config.server.max_body_bytes))
-    model, value = validate.embeddings(body)
-    gw.route(ctx, model)
-    user = body.get("user")
-    ctx.end_user = user if isinstance(user, str) and user else None
-    tokens = estimate_input_tokens(value)
+    params = validate.embeddings(body)
+    gw.route(ctx, params.model)
+    ctx.end_user = params.end_user
+    tokens = estimate_input_tokens(params.input)
     await gw.admit(ctx, tokens, 0)
     watch = Abandonment(scope) if gw.cancel_abandoned else None
 

@@ -18,6 +18,7 @@ import orjson
 
 from tollhouse.accounting.event import Outcome
 from tollhouse.errors import (
+    ClientDisconnected,
     GatewayError,
     MethodNotAllowed,
     ShuttingDown,
@@ -61,6 +62,8 @@ async def proxied(
         ctx.fail(err)
         gw.rejected(err)
         await send_error(send, err, response_headers(ctx))
+    except ClientDisconnected:  # before its body was complete: nothing went upstream
+        ctx.cancel(499)
     except Exception:  # a bug or an unforeseen failure: still an OpenAI-style 500, counted
         log.exception("request_crashed request_id=%s", ctx.request_id)
         crash = GatewayError(
@@ -94,10 +97,19 @@ async def proxied(
                         ctx.request_id, ctx.status, ctx.error_type)  # fmt: skip
 
 
-async def models(gw: Gateway, send: Any, rid: str) -> None:
+async def models(gw: Gateway, scope: Scope, send: Any, rid: str) -> None:
+    """The public models this caller may use: authenticated like the proxied routes
+    (``auth.required`` refuses a missing or bad key here too), and a key restricted to
+    some models sees only those."""
+    try:
+        principal = await gw.auth.authenticate(scope["headers"])
+    except GatewayError as err:
+        await send_error(send, err, [(b"x-request-id", rid.encode())])
+        return
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": "tollhouse"}
         for name in gw.router.model_names
+        if principal.allows(name)
     ]
     body = orjson.dumps({"object": "list", "data": data})
     await send_bytes(send, 200, body, [(b"x-request-id", rid.encode())])

@@ -11,6 +11,11 @@ from typing import Any
 
 from tollhouse.errors import BadRequest
 
+# The longest ``user`` accepted. Each distinct value is an end user: a ledger column, a
+# budget counter, a label on the budget gauges when an end-user budget applies, and a
+# cache entry; an id, a hashed e-mail or a UUID fits with room to spare.
+MAX_USER_CHARS = 256
+
 
 @dataclass(frozen=True, slots=True)
 class ChatParams:
@@ -68,13 +73,28 @@ def chat(body: Any) -> ChatParams:
     _positive_int(body, "max_tokens")
     _positive_int(body, "max_completion_tokens")
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    return ChatParams(model, stream, wants_usage, messages, cap, _end_user(body))
+
+
+def _end_user(body: dict[str, Any]) -> str | None:
     user = body.get("user")
-    if user is not None and not isinstance(user, str):
+    if user is None:
+        return None
+    if not isinstance(user, str):
         raise BadRequest("'user' must be a string", param="user")
-    return ChatParams(model, stream, wants_usage, messages, cap, user or None)
+    if len(user) > MAX_USER_CHARS:
+        raise BadRequest(f"'user' must be at most {MAX_USER_CHARS} characters", param="user")
+    return user or None
 
 
-def embeddings(body: Any) -> tuple[str, Any]:
+@dataclass(frozen=True, slots=True)
+class EmbeddingsParams:
+    model: str
+    input: Any
+    end_user: str | None
+
+
+def embeddings(body: Any) -> EmbeddingsParams:
     body = _object(body)
     model = _model(body)
     value = body.get("input")
@@ -94,4 +114,4 @@ def embeddings(body: Any) -> tuple[str, Any]:
             "'input' must be a string, an array of strings, or an array of token arrays",
             param="input",
         )
-    return model, value
+    return EmbeddingsParams(model, value, _end_user(body))
