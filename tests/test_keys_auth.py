@@ -72,6 +72,40 @@ def test_models_the_key_may_not_use_are_403(store_url: str) -> None:
         assert gw.total("llm_requests_total", key="narrow", team="ml") == 4
 
 
+def test_a_key_never_reaches_a_model_outside_its_list_by_fallback_or_cache(
+    store_url: str,
+) -> None:
+    """The allow-list held only for the model a client named: a fallback to a model the
+    key may not use served it, and so did a cached answer another key had paid for."""
+
+    async def setup(m: Manager) -> tuple[str, str]:
+        narrow = await m.create_key("narrow", models=["spill", "chat"])
+        return narrow.secret, (await m.create_key("wide")).secret
+
+    config = gateway_config(store_url, cache={"enabled": True, "scope": "global"})
+    config["models"] += [
+        {"name": "spill", "backend": "mock", "model": "fail-429",
+         "fallbacks": [{"when": ["rate_limit"], "to": ["premium", "chat"]}]},
+        {"name": "premium", "backend": "mock", "model": "echo"},
+    ]  # fmt: skip
+    narrow, wide = manage(store_url, setup)
+    with run_gateway(config) as gw, httpx.Client(base_url=gw.v1) as http:
+        r = chat(http, narrow, "spill")  # premium is skipped, chat is allowed
+        assert r.status_code == 200 and r.headers["x-tollhouse-model"] == "chat"
+        assert gw.wait_events(1)[0].fallbacks == (("spill", "chat"),)
+
+        secret_question = {"model": "premium", "messages": [{"role": "user", "content": "?"}]}
+        first = http.post("/chat/completions", json=secret_question,
+                          headers={"authorization": f"Bearer {wide}"})  # fmt: skip
+        assert first.status_code == 200 and first.headers["x-tollhouse-cache"] == "miss"
+        again = http.post("/chat/completions", json=secret_question,
+                          headers={"authorization": f"Bearer {narrow}"})  # fmt: skip
+        assert again.status_code == 403 and again.json()["error"]["code"] == "model_not_allowed"
+        assert "choices" not in again.text
+        gw.wait_events(3)
+        assert gw.metric("llm_rejections_total", reason="permission", scope="key") == 1
+
+
 def test_models_list_needs_a_key_and_shows_only_the_keys_models(store_url: str) -> None:
     """GET /v1/models answered anyone with every model, whatever auth.required said."""
 

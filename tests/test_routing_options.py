@@ -291,6 +291,55 @@ def test_a_deployment_whose_backend_budget_is_spent_is_skipped(up: MockUpstream)
         assert upstream_calls(up, since, 4) == Counter({"a-ok": 1, "b-ok": 3})
 
 
+@pytest.mark.parametrize("limit", ["budget", "tpm"])
+def test_one_request_too_big_for_a_backends_limit_does_not_take_it_out_of_rotation(
+    up: MockUpstream, limit: str
+) -> None:
+    """A request whose own worst case is more than backend ``a``'s whole budget (or tpm)
+    is served by ``b``; ``a`` is not cooled down, since the limit is not spent, and the
+    next ordinary request goes to ``a`` again. Before, ``a`` stayed out of rotation until
+    the window's end: the rest of the day (or minute) for one oversized request."""
+    bs = backends(up)
+    bs[0]["prices"] = {"input": 1000, "output": 1000}  # 1 mUSD a token
+    config: dict[str, Any] = {"backends": bs, "models": [group("g", ("a", "a-ok"), ("b", "b-ok"),
+                                                             retries=0)]}  # fmt: skip
+    if limit == "budget":
+        config["budgets"] = [{"scope": "backend", "name": "a", "max_usd": "1", "period": "daily"}]
+    else:
+        config["rate_limits"] = [{"scope": "backend", "name": "a", "tpm": 500}]
+    with run_gateway(config) as gw:
+        since = len(up.ledger())
+        big = post(gw, "g", max_tokens=100_000)  # 100 USD / 100,005 tokens at worst
+        assert big.status_code == 200 and big.headers["x-tollhouse-backend"] == "b"
+        for _ in range(2):
+            r = post(gw, "g")
+            assert r.status_code == 200 and r.headers["x-tollhouse-backend"] == "a"
+        assert gw.total("llm_cooldowns_total", backend="a") == 0
+        assert state(gw, "a", "a-ok") == 0
+        assert upstream_calls(up, since, 3) == Counter({"a-ok": 2, "b-ok": 1})
+
+
+def test_a_request_too_big_for_the_callers_budget_gets_no_retry_after(store_url: str) -> None:
+    """Its worst case is more than the whole budget: no reset makes room, so no
+    Retry-After (it said ~27 days for a monthly budget) and the message says what to do."""
+
+    async def setup(m: Manager) -> str:
+        limits = LimitsInput(max_budget_usd=Decimal("0.001"), budget_period="monthly")
+        return (await m.create_key("small", limits=limits)).secret
+
+    secret = manage(store_url, setup)
+    with run_gateway(gateway_config(store_url)) as gw:
+        r = httpx.post(gw.v1 + "/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                       json={"model": "chat", "messages": [{"role": "user", "content": "x"}],
+                             "max_tokens": 10**9})  # fmt: skip
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
+        assert "retry-after" not in r.headers and "Send a smaller max_tokens" in r.text
+        ok = httpx.post(gw.v1 + "/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                        json={"model": "chat", "messages": [{"role": "user", "content": "x"}],
+                              "max_tokens": 3})  # fmt: skip
+        assert ok.status_code == 200
+
+
 # --- cache.scope ---------------------------------------------------------------------------------
 
 

@@ -157,12 +157,22 @@ class Rejected(GatewayError):
     """429 from the gateway's own admission: a budget or a rate limit had no room.
 
     ``reason`` ("budget" or "rate_limit") and ``scope`` ("key", "team", ...) feed the
-    rejection counter; ``Retry-After`` says when the window resets.
+    rejection counter; ``Retry-After`` says when the window resets. ``too_big``: the
+    request's own worst case is more than the whole limit, so no reset makes room (no
+    ``Retry-After``), and the limit itself is not spent.
     """
 
     status = 429
 
-    def __init__(self, message: str, *, reason: str, scope: str, retry_after: float | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        scope: str,
+        retry_after: float | None,
+        too_big: bool = False,
+    ) -> None:
         headers = (
             {} if retry_after is None else {"retry-after": str(max(1, int(retry_after + 0.999)))}
         )
@@ -170,6 +180,7 @@ class Rejected(GatewayError):
         self.reason = reason
         self.scope = scope
         self.retry_after_seconds = retry_after
+        self.too_big = too_big
         if reason == "budget":
             self.type, self.code, self.error_type = (
                 "insufficient_quota",

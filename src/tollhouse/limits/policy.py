@@ -88,6 +88,15 @@ def rejection(plan: Plan, refused: Refused, now: float) -> Rejected:
     """The client-facing 429 for a refusal, with ``Retry-After`` at the window's reset."""
     if refused.kind == "budget":
         rule = plan.budget_rules[refused.index]
+        worst = plan.budgets[refused.index].amount
+        if worst > rule.limit:  # waiting will not help: no Retry-After, say what to change
+            return Rejected(
+                f"This request's worst case ({Decimal(worst) / NANO:.6f} USD: the prompt "
+                f"estimate plus max_tokens at the model's price) is more than the whole "
+                f"{Decimal(rule.limit) / NANO:.6f} USD {rule.period} budget of {rule.scope} "
+                f"'{rule.entity}'. Send a smaller max_tokens.",
+                reason="budget", scope=rule.scope, retry_after=None, too_big=True,
+            )  # fmt: skip
         spent = Decimal(refused.current) / NANO
         return Rejected(
             f"Budget exceeded for {rule.scope} '{rule.entity}': {spent:.6f} of "
@@ -98,15 +107,16 @@ def rejection(plan: Plan, refused: Refused, now: float) -> Rejected:
         )
     r = plan.rate_rules[refused.index]
     unit = "requests" if r.kind == "rpm" else "tokens"
-    message = f"Rate limit reached for {r.scope} '{r.entity}': {r.limit} {unit} per minute."
     charge = plan.rates[refused.index]
-    if charge.amount > r.limit:  # waiting will not help: say what to change
-        message = (
+    if charge.amount > r.limit:  # waiting will not help: no Retry-After, say what to change
+        return Rejected(
             f"This request's worst case ({charge.amount} tokens: the prompt estimate plus "
             f"max_tokens, or the gateway's default reservation when max_tokens is absent) is "
             f"more than the {r.limit} tokens per minute allowed for {r.scope} '{r.entity}'. "
-            "Send a smaller max_tokens."
-        )
+            "Send a smaller max_tokens.",
+            reason="rate_limit", scope=r.scope, retry_after=None, too_big=True,
+        )  # fmt: skip
+    message = f"Rate limit reached for {r.scope} '{r.entity}': {r.limit} {unit} per minute."
     return Rejected(message, reason="rate_limit", scope=r.scope, retry_after=plan.rate_reset - now)
 
 

@@ -90,10 +90,16 @@ class Gateway:
         )
 
     def route(self, ctx: RequestContext, model: str) -> ModelGroup:
-        """Resolve the public model and count the request in flight until ``done``."""
+        """Resolve the public model, count the request in flight until ``done``, and check
+        the caller may use the model: here, before a cached answer could be served."""
         group = self.router.resolve(model)
         ctx.group = group
         self._in_flight(group.name).inc()
+        if not ctx.principal.allows(group.name):
+            raise ModelNotAllowed(
+                f"The key '{ctx.principal.key}' may not use the model '{group.name}'.",
+                param="model",
+            )
         return group
 
     def _in_flight(self, group: str) -> Gauge:
@@ -115,14 +121,9 @@ class Gateway:
         return worst
 
     async def admit(self, ctx: RequestContext, input_tokens: int, output_tokens: int) -> None:
-        """Check the model is allowed, then reserve the caller's limits for the worst case."""
+        """Reserve the caller's limits for the worst case (``route`` checked the model)."""
         group = ctx.group
         assert group is not None
-        if not ctx.principal.allows(group.name):
-            raise ModelNotAllowed(
-                f"The key '{ctx.principal.key}' may not use the model '{group.name}'.",
-                param="model",
-            )
         if self.admission is None:
             return
         ctx.worst = Usage(input=input_tokens, output=output_tokens)
@@ -232,6 +233,9 @@ class _Hooks:
         if ctx.outcome is Outcome.ERROR or ctx.outcome is Outcome.CANCELLED:
             return ctx.error_type
         return None
+
+    def may_use(self, model: str) -> bool:
+        return self.ctx.principal.allows(model)
 
     def fell_back(self, origin: str, target: str) -> None:
         self.ctx.fallbacks.append((origin, target))

@@ -37,6 +37,10 @@ class Hooks(Protocol):
         """Record one finished attempt (``retried``: another attempt follows in the group)."""
         ...
 
+    def may_use(self, model: str) -> bool:
+        """Whether the caller may be served by the model group ``model`` (its key's list)."""
+        ...
+
     def fell_back(self, origin: str, target: str) -> None: ...
 
 
@@ -81,7 +85,8 @@ class Executor:
         if not isinstance(err, UpstreamError):
             return None
         for name in group.fallbacks_for(err.error_type.value):
-            if name not in visited:
+            # A model the caller's key may not use is no way round a failure either.
+            if name not in visited and hooks.may_use(name):
                 visited.append(name)
                 hooks.fell_back(group.name, name)
                 return self._router.resolve(name)
@@ -101,7 +106,8 @@ class Executor:
             try:
                 await hooks.before(dep)
             except Rejected as refused:  # this backend is out of budget or rate: skip it
-                dep.health.over_limit(refused.retry_after_seconds or 60.0)
+                if not refused.too_big:  # else only this request is: the others still fit
+                    dep.health.over_limit(refused.retry_after_seconds or 60.0)
                 skipped += 1
                 if skipped >= len(group.deployments):
                     return refused
