@@ -206,6 +206,37 @@ def test_key_model_team_and_backend_rate_limits(store_url: str) -> None:
         assert gw.metric("llm_rejections_total", reason="rate_limit", scope="team") == 1
 
 
+def test_a_backend_refusal_counts_nothing_against_the_callers_limits(store_url: str) -> None:
+    """Admission is all-or-nothing: the caller's limits are reserved on arrival and the
+    backend's when a deployment is chosen. A request the backend then refuses reached no
+    upstream, yet kept its key's rpm count: a 2 rpm key was refused by its own limit on
+    a third request although only one had been served. Its refusal showed the key's
+    x-ratelimit headers too."""
+
+    async def setup(m: Manager) -> str:
+        return (await m.create_key("k2", limits=LimitsInput(rpm=2))).secret
+
+    secret = manage(store_url, setup)
+    config = gateway_config(store_url, budgets=[
+        {"scope": "backend", "name": "mock", "max_usd": "0.00002", "period": "daily"}])  # fmt: skip
+    config["backends"].append({**config["backends"][0], "name": "spare"})
+    config["models"].append({"name": "elsewhere", "backend": "spare", "model": "echo"})
+    with run_gateway(config, clock=mid_minute_clock()) as gw, httpx.Client(base_url=gw.v1) as http:
+        assert chat(http, secret).status_code == 200  # ~13 µUSD of mock's 20
+        gw.wait_events(1)
+        for _ in range(3):
+            refused = chat(http, secret)
+            assert refused.status_code == 429
+            assert "backend 'mock'" in refused.json()["error"]["message"]
+            assert not any(h.startswith("x-ratelimit") for h in refused.headers)
+        served = chat(http, secret, "elsewhere")
+        assert served.status_code == 200
+        assert served.headers["x-ratelimit-remaining-requests"] == "0"  # 2 served, 2 allowed
+        gw.wait_events(5)
+        assert gw.metric("llm_ratelimit_remaining", scope="key", entity="k2", kind="requests") == 0
+        assert gw.metric("llm_rejections_total", reason="budget", scope="backend") == 3
+
+
 @pytest.mark.parametrize("blocked_by", ["team", "user"])
 def test_blocking_a_team_or_user_blocks_its_keys(store_url: str, blocked_by: str) -> None:
     async def setup(m: Manager) -> str:

@@ -168,6 +168,16 @@ class Gateway:
         elif isinstance(err, ModelNotAllowed):
             self.metrics.rejections.labels("permission", "key").inc()
 
+    def unwind(self, ctx: RequestContext) -> None:
+        """A request refused after the caller's reservation and before any upstream call
+        (every deployment's backend limits had no room, or their counters were away):
+        admission is all-or-nothing, so the caller's reservation and its rate counts go
+        back in full, and its refusal shows no ``x-ratelimit-*`` headers."""
+        untouched = not ctx.attempts and not ctx.attempting
+        if ctx.ticket is not None and untouched and self.admission is not None:
+            self.admission.release(ctx.ticket)
+            ctx.ticket = None
+
     async def drained(self, timeout: float) -> None:  # noqa: ASYNC109
         """Wait, up to ``timeout``, until every proxied request has emitted its event. At
         shutdown the server cancels what outlived its grace period and then closes the

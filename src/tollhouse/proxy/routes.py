@@ -61,6 +61,7 @@ async def proxied(
     except GatewayError as err:
         ctx.fail(err)
         gw.rejected(err)
+        gw.unwind(ctx)
         await send_error(send, err, response_headers(ctx))
     except ClientDisconnected:  # before its body was complete: nothing went upstream
         ctx.cancel(499)
