@@ -106,6 +106,34 @@ def test_a_key_never_reaches_a_model_outside_its_list_by_fallback_or_cache(
         assert gw.metric("llm_rejections_total", reason="permission", scope="key") == 1
 
 
+def test_a_fallback_is_held_to_the_keys_limit_for_the_model_it_reaches(store_url: str) -> None:
+    """Key + model limits are per public model, however the request got there: a key
+    with 1 rpm on ``premium`` was served by it any number of times through a fallback.
+    Its refusal does not take ``premium``'s deployment out of rotation for other keys."""
+
+    async def setup(m: Manager) -> tuple[str, str]:
+        limited = await m.create_key("limited", model_limits={"premium": ModelLimit(rpm=1)})
+        return limited.secret, (await m.create_key("other")).secret
+
+    config = gateway_config(store_url)
+    config["models"] += [
+        {"name": "spill", "backend": "mock", "model": "fail-429",
+         "fallbacks": [{"when": ["rate_limit"], "to": ["premium"]}]},
+        {"name": "premium", "backend": "mock", "model": "echo"},
+    ]  # fmt: skip
+    limited, other = manage(store_url, setup)
+    with run_gateway(config, clock=mid_minute_clock()) as gw, httpx.Client(base_url=gw.v1) as http:
+        first = chat(http, limited, "spill")
+        assert first.status_code == 200 and first.headers["x-tollhouse-model"] == "premium"
+        second = chat(http, limited, "spill")
+        assert second.status_code == 429
+        assert "key_model 'limited'" in second.json()["error"]["message"]
+        assert chat(http, other, "premium").status_code == 200
+        gw.wait_events(3)
+        assert gw.metric("llm_rejections_total", reason="rate_limit", scope="key_model") == 1
+        assert gw.total("llm_cooldowns_total", reason="budget") == 0
+
+
 def test_models_list_needs_a_key_and_shows_only_the_keys_models(store_url: str) -> None:
     """GET /v1/models answered anyone with every model, whatever auth.required said."""
 

@@ -216,6 +216,9 @@ class _Hooks:
         ctx.deployment = dep
         if gw.admission is not None:
             rules = gw.admission.deployment_rules(dep.target.backend, dep.target.provider)
+            assert ctx.group is not None
+            if dep.model != ctx.group.name:  # a fallback: the key's limits for that model too
+                rules[1].extend(r for r in ctx.principal.rates if r.model == dep.model)
             if rules[0] or rules[1]:
                 ctx.attempt_ticket = await gw._reserve(rules, dep.price, ctx.worst)
         ctx.attempting = True

@@ -106,7 +106,10 @@ class Executor:
             try:
                 await hooks.before(dep)
             except Rejected as refused:  # this backend is out of budget or rate: skip it
-                if not refused.too_big:  # else only this request is: the others still fit
+                # Cool it down only when its backend's (or provider's) limit is spent: not
+                # for a request too big on its own, nor for the caller's key + model limit
+                # (checked here when a fallback reaches another model).
+                if not refused.too_big and refused.scope in ("backend", "provider"):
                     dep.health.over_limit(refused.retry_after_seconds or 60.0)
                 skipped += 1
                 if skipped >= len(group.deployments):
