@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -926,3 +928,17 @@ def test_end_user_put_replaces_its_limits_and_the_list_pages() -> None:
             "cust-2", "cust-3"]  # fmt: skip
         assert ok(api.get("/audit", params={"action": "end_user.set"}))["data"][0][
             "changes"] == {"limits": {"max_budget_usd": "2"}}  # fmt: skip
+
+
+def test_the_usage_examples_in_the_admin_guide_answer() -> None:
+    """docs/admin-api.md's usage commands, as a shell expands them, answer 200: one had a
+    start date that aged past the 400-day window and got a 400."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "admin-api.md").read_text()
+    urls = re.findall(r'curl -s "localhost:4000/admin/v1(/usage[^"]*)"', doc)
+    assert len(urls) >= 2
+    with admin_gateway(local_config()) as gw, admin_client(gw) as api:
+        for url in urls:
+            expanded = subprocess.run(["bash", "-c", f'printf %s "{url}"'], check=True,
+                                      capture_output=True, text=True).stdout  # fmt: skip
+            r = api.get(expanded)
+            assert r.status_code == 200, (url, r.text)

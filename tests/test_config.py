@@ -381,6 +381,22 @@ def test_duplicate_backend_names() -> None:
     assert "backend names must be unique; repeated: m" in problem
 
 
+def test_every_problem_across_entries_is_listed_at_once() -> None:
+    """The checks across entries stopped at the first: a file with four such problems
+    showed one, then the next after each fix."""
+    raw = minimal()
+    raw["backends"].append({"name": "m", "provider": "mock"})
+    raw["models"] += [{"name": "a", "backend": "nope", "model": "x"},
+                      {"name": "b", "backend": "nada", "model": "y"}]  # fmt: skip
+    raw["rate_limits"] = [{"scope": "backend", "name": "zzz", "rpm": 5}]
+    assert problems_of(raw) == [
+        "<top level>: backend names must be unique; repeated: m",
+        "<top level>: rate_limits[0]: backend 'zzz' is not defined",
+        "<top level>: models[1] ('a'): backend 'nope' is not defined (defined: m)",
+        "<top level>: models[2] ('b'): backend 'nada' is not defined (defined: m)",
+    ]
+
+
 def test_duplicate_model_names() -> None:
     """Two models with one name are an error naming the name."""
     raw = minimal()

@@ -63,6 +63,11 @@ def _describe(err: ValidationError) -> list[str]:
             msg = "unknown field (not part of the config schema)"
         elif item["type"] == "missing":
             msg = "required field is missing"
+        elif item["type"] == "value_error" and not where:
+            # Config's checks across sections: one problem per line, each already named.
+            msg = msg.removeprefix("Value error, ")
+            problems += [f"<top level>: {line}" for line in msg.splitlines()]
+            continue
         problems.append(f"{where or '<top level>'}: {msg}")
     return problems
 

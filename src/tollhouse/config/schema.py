@@ -281,48 +281,57 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        """Checks across sections, all of them: every problem is reported at once (one
+        per line; the loader lists each as its own problem)."""
+        problems = self._reference_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _reference_problems(self) -> list[str]:
+        problems: list[str] = []
         names = [b.name for b in self.backends]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"backend names must be unique; repeated: {', '.join(dupes)}")
+            problems.append(f"backend names must be unique; repeated: {', '.join(dupes)}")
         models = [m.name for m in self.models]
         dupes = sorted({n for n in models if models.count(n) > 1})
         if dupes:
-            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+            problems.append(f"model names must be unique; repeated: {', '.join(dupes)}")
         known = set(names)
         providers = {b.provider for b in self.backends}
         for i, b in enumerate(self.budgets):
             if b.scope == "backend" and b.name not in known:
-                raise ValueError(f"budgets[{i}]: backend {b.name!r} is not defined")
+                problems.append(f"budgets[{i}]: backend {b.name!r} is not defined")
             if b.scope == "provider" and b.name not in providers:
-                raise ValueError(f"budgets[{i}]: no backend uses provider {b.name!r}")
+                problems.append(f"budgets[{i}]: no backend uses provider {b.name!r}")
             if b.scope == "end_user" and b.name is not None:
-                raise ValueError(
+                problems.append(
                     f"budgets[{i}]: the end_user budget applies to every end user; drop 'name'"
                 )
         if sum(1 for b in self.budgets if b.scope == "end_user") > 1:
-            raise ValueError("budgets: only one end_user budget (the default for every end user)")
+            problems.append("budgets: only one end_user budget (the default for every end user)")
         for i, r in enumerate(self.rate_limits):
             if r.name not in known:
-                raise ValueError(f"rate_limits[{i}]: backend {r.name!r} is not defined")
+                problems.append(f"rate_limits[{i}]: backend {r.name!r} is not defined")
             if r.rpm is None and r.tpm is None:
-                raise ValueError(f"rate_limits[{i}]: set rpm, tpm or both")
+                problems.append(f"rate_limits[{i}]: set rpm, tpm or both")
         public = set(models)
         for i, model in enumerate(self.models):
             for dep in model.group():
                 if dep.backend not in known:
-                    raise ValueError(
+                    problems.append(
                         f"models[{i}] ({model.name!r}): backend {dep.backend!r} is not defined "
-                        f"(defined: {', '.join(names)})"
+                        f"(defined: {', '.join(dict.fromkeys(names))})"
                     )
             for fallback in model.fallbacks:
                 for target in fallback.to:
                     if target not in public or target == model.name:
-                        raise ValueError(
+                        problems.append(
                             f"models[{i}] ({model.name!r}): fallback {target!r} must be another "
                             "defined model"
                         )
-        return self
+        return problems
 
     def backend(self, name: str) -> BackendConfig:
         return next(b for b in self.backends if b.name == name)

@@ -176,8 +176,9 @@ SINK_ERRORS = MetricSpec(
 
 REJECTIONS = MetricSpec(
     "llm_rejections_total", "counter",
-    "Requests the gateway refused before calling a provider: reason is auth, permission, "
-    "budget or rate_limit; scope is what refused (key, key_model, team, user, end_user, "
+    "Requests the gateway refused before calling a provider: reason is auth, auth_throttled "
+    "(an address refused for failing authentication too often), permission, budget or "
+    "rate_limit; scope is what refused (key, key_model, team, user, end_user, "
     "backend, provider, or none).",
     ("reason", "scope"),
 )  # fmt: skip
