@@ -532,3 +532,59 @@ def test_connect_timeout_fails_fast_as_timeout(client: str) -> None:
     assert resp.json()["error"]["code"] == "upstream_timeout"
     assert 0.25 <= elapsed < 1.2
     assert errors == 1
+
+
+@pytest.mark.parametrize("client", ["h1", "aiohttp"])
+def test_only_the_aiohttp_client_goes_through_an_http_proxy(
+    client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/configuration.md ``http_client``: aiohttp honours ``HTTP_PROXY``, h1 ignores
+    it. A second recorder plays the proxy: aiohttp sends it the request (with the real
+    upstream as its Host), h1 goes straight to the upstream."""
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with Recorder() as up, Recorder() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        with gateway("openai", up, http_client=client) as gw, \
+                httpx.Client(trust_env=False) as http:  # fmt: skip
+            r = http.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": MESSAGES})
+            assert r.status_code == 200, r.text
+        went, bypassed = (proxy, up) if client == "aiohttp" else (up, proxy)
+        assert [s.path for s in went.seen] == ["/v1/chat/completions"] and bypassed.seen == []
+        assert went.seen[0].headers["host"] == f"127.0.0.1:{up.port}"
+
+
+def test_the_h1_client_does_not_follow_a_redirect() -> None:
+    """docs/configuration.md ``http_client``: h1 does not follow redirects. An upstream
+    that answers 307 to another server fails the request (the gateway's error, counted),
+    and the server it points to is never called: a backend's API key must not travel to
+    wherever a redirect says."""
+    with Recorder() as elsewhere, socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def answer_307() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                location = f"{elsewhere.url}/v1/chat/completions"
+                conn.sendall(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: " + location.encode()
+                             + b"\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+
+        server = threading.Thread(target=answer_307, daemon=True)
+        server.start()
+        config = {
+            "backends": [{"name": "up", "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+                          "api_key_env": "UP_KEY", "http_client": "h1"}],
+            "models": [{"name": "m", "backend": "up", "model": "deploy-1"}],
+        }  # fmt: skip
+        with run_gateway(config, environ={"UP_KEY": "sk-upstream-secret"}) as gw:
+            r = httpx.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": MESSAGES})
+            assert r.status_code == 502 and r.json()["error"]["message"] == (
+                "upstream error (invalid_response): HTTP 307"
+            )
+            event = gw.wait_events(1)[0]
+            assert (event.outcome.value, event.error_type.value) == ("error", "invalid_response")
+        server.join(5)
+    assert elsewhere.seen == []

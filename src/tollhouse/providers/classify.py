@@ -37,6 +37,8 @@ def by_status(status: int) -> ErrorType:
         return ErrorType.BAD_REQUEST
     if status >= 500:
         return ErrorType.SERVER_ERROR
+    if 300 <= status < 400:  # a redirect, which the gateway does not follow
+        return ErrorType.INVALID_RESPONSE
     return ErrorType.UNKNOWN
 
 

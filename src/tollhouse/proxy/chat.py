@@ -114,7 +114,7 @@ async def _stream(
         resp = await dep.transport.send(request)
         ctx.waited += perf() - started
         ctx.ratelimit = dep.adapter.rate_limits(resp.headers)
-        if resp.status >= 400:
+        if not 200 <= resp.status < 300:  # a redirect too: it is not followed
             payload = await resp.read()
             raise dep.adapter.classify(resp.status, payload, resp.headers)
         translator = dep.adapter.chat_stream(dep.target, client_wants_usage=params.wants_usage)

@@ -64,7 +64,7 @@ async def call_upstream(
         ctx.upstream_duration = perf() - started
         ctx.waited += ctx.upstream_duration
     ctx.ratelimit = dep.adapter.rate_limits(resp.headers)
-    if resp.status >= 400:
+    if not 200 <= resp.status < 300:  # a redirect too: it is not followed
         raise dep.adapter.classify(resp.status, payload, resp.headers)
     return payload
 
