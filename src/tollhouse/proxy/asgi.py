@@ -53,16 +53,16 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
     """Read the whole body, refusing (413) anything larger than ``limit`` bytes and (415)
     a compressed one. A client that leaves before the end of its body raises
     ``ClientDisconnected``: the part that arrived is not a request it made."""
-    declared = header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
-    encoding = header(scope, b"content-encoding")
-    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
-        shown = encoding[:32].decode("latin-1")
-        raise UnsupportedEncoding(
-            f"request bodies with Content-Encoding '{shown}' are not supported; send the "
-            "JSON uncompressed"
-        )
+    for name, value in scope["headers"]:  # one pass for both headers (the hot path)
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise PayloadTooLarge(f"request body is larger than the {limit}-byte limit")
+        elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            shown = value[:32].decode("latin-1")
+            raise UnsupportedEncoding(
+                f"request bodies with Content-Encoding '{shown}' are not supported; send the "
+                "JSON uncompressed"
+            )
     chunks: list[bytes] = []
     size = 0
     while True:
