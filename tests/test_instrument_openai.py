@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -462,3 +463,85 @@ def test_ledger_totals_equal_metric_totals(up: MockUpstream, probe: Probe) -> No
     assert probe.value("llm_cost_usd_total", **labels) == pytest.approx(
         expected_cost(served), abs=1e-12
     )
+
+
+def test_the_sdk_stream_helpers_pass_through_unrecorded(up: MockUpstream, probe: Probe) -> None:
+    """docs/library.md: ``chat.completions.stream`` and ``responses.stream`` are not
+    recorded. They were, and a helper left early stayed in flight until the garbage
+    collector ran: the helper closes its HTTP response directly, past the wrapper."""
+    with sync_client(up, probe) as client:
+        with client.chat.completions.stream(
+            model="gpt-chunkdelay-5", messages=MESSAGES, max_tokens=40
+        ) as helper:
+            for _event in helper:
+                break
+        with client.responses.stream(model="gpt-r", input="hi", max_output_tokens=20) as rs:
+            for _event in rs:
+                break
+        assert probe.events == []
+        assert probe.value("llm_requests_in_flight", model="gpt-chunkdelay-5") == 0
+        assert probe.value("llm_requests_in_flight", model="gpt-r") == 0
+        whole = client.chat.completions.create(model="gpt-after", messages=MESSAGES, max_tokens=3)
+    assert whole.usage is not None and probe.only_event().model == "gpt-after"
+
+
+def test_a_streams_prompt_is_estimated_from_the_request_as_sent(
+    up: MockUpstream, probe: Probe
+) -> None:
+    """An application that appends the answer to its history while streaming made the
+    estimate (taken when the stream ends) count the answer as prompt too."""
+    history: list[ChatCompletionMessageParam] = list(MESSAGES)
+    with sync_client(up, probe) as client:
+        stream = client.chat.completions.create(model="gpt", messages=history, stream=True)
+        history.append({"role": "assistant", "content": ""})
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                history[-1]["content"] += chunk.choices[0].delta.content  # type: ignore[operator]
+    event = probe.only_event()
+    assert event.usage.input == PROMPT == up.ledger()[0].input
+    assert event.token_source.value == "estimated"
+
+
+def test_a_stream_left_after_its_finish_reason_is_a_success(up: MockUpstream, probe: Probe) -> None:
+    """``if chunk.choices[0].finish_reason: break`` leaves a whole answer, not a cancelled
+    one (Anthropic streams left after ``message_delta`` already counted as whole)."""
+    with sync_client(up, probe) as client:
+        stream = client.chat.completions.create(model="gpt", messages=MESSAGES, stream=True)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].finish_reason:
+                break
+        stream.close()
+    event = probe.only_event()
+    assert (event.outcome.value, event.error_type) == ("success", None)
+    assert event.usage.output == up.ledger()[0].output and event.token_source.value == "estimated"
+
+
+def test_an_unreadable_answer_is_invalid_response_with_its_prompt_charged(
+    up: MockUpstream, probe: Probe
+) -> None:
+    """Both SDKs raise a plain JSONDecodeError for a 2xx body that is not JSON; it was
+    recorded as ``unknown`` (a 502) with nothing charged, although the provider took the
+    prompt."""
+    with sync_client(up, probe) as client, pytest.raises(json.JSONDecodeError):
+        client.chat.completions.create(model="gpt-malformed", messages=MESSAGES)
+    event = probe.only_event()
+    assert (event.outcome.value, event.error_type) == ("error", "invalid_response")
+    assert event.usage.input == PROMPT and event.token_source.value == "estimated"
+
+
+def test_arguments_the_sdk_refuses_before_sending_record_nothing(
+    up: MockUpstream, probe: Probe
+) -> None:
+    """A misspelt argument never leaves the process: it was counted as a failed upstream
+    call (5xx, ``unknown``)."""
+    with sync_client(up, probe) as client:
+        with pytest.raises(TypeError):
+            client.chat.completions.create(  # type: ignore[call-overload]
+                model="gpt-typo", messages=MESSAGES, temprature=0.2
+            )
+        with pytest.raises(TypeError):
+            client.chat.completions.create(model="gpt-typo")  # type: ignore[call-overload]
+    assert probe.events == [] and up.ledger() == []
+    assert probe.value("llm_requests_in_flight", model="gpt-typo") == 0
+    assert probe.value("llm_upstream_requests_total", **traffic("gpt-typo"), outcome="error",
+                       error_type="unknown") == 0  # fmt: skip

@@ -96,6 +96,14 @@ class Call:
         head = (outcome, status, error_type, usage, source, response_model, request_id)
         self._inst.queue(self, (head, perf() - self.t0, None, None), deferred)
 
+    def discard(self) -> None:
+        """Forget a call that never left (the SDK refused its arguments): no event. It is
+        still queued, as nothing, so a flush that counted it in flight takes it out."""
+        if self.done:
+            return
+        self.done = True
+        self._inst.queue(self, None)
+
     def answered(self, answer: Any, usage_of: UsageOf) -> None:
         """Finish a successful call whose ``answer`` reports its usage: the batch reads
         the usage, model and id from it, so the caller only stops the clock.

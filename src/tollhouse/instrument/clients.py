@@ -36,7 +36,11 @@ from tollhouse.instrument.streams import AsyncInstrumentedStream, InstrumentedSt
 C = TypeVar("C")
 _MARK = "__tollhouse__"  # set on every wrapper, so a second instrument() sees its own work
 _CLIENT_MARK = "_tollhouse_site"
-_RAW_HEADER = "x-stainless-raw-response"
+# Calls passed through unrecorded, by a header the SDK sets on them: the raw-response
+# wrappers, and its helpers (chat.completions.stream; responses.stream gets it from
+# openai_sdk), which document-wise are not recorded and whose streams close beneath
+# the wrapper, so a call could never be seen to end.
+_PASS_HEADERS = frozenset({"x-stainless-raw-response", "x-stainless-helper-method"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +136,36 @@ def patch(resource: Any, name: str, wrap: Callable[[Any], Callable[..., Any]]) -
     setattr(resource, name, wrapped)
 
 
-def _raw(kwargs: Mapping[str, Any]) -> bool:
-    """A ``with_raw_response``/``with_streaming_response`` call (its marker header is set)."""
+def _passed_through(kwargs: Mapping[str, Any]) -> bool:
+    """A raw-response call or an SDK helper's (one of ``_PASS_HEADERS`` is set)."""
     headers = kwargs.get("extra_headers")
     if not headers:
         return False
-    return any(str(k).lower() == _RAW_HEADER for k in headers)
+    return any(str(k).lower() in _PASS_HEADERS for k in headers)
+
+
+def _never_sent(err: BaseException) -> bool:
+    """A ``TypeError`` raised before the SDK reached its HTTP client: a misspelt or
+    missing argument. No request left, so there is no call to record."""
+    if not isinstance(err, TypeError):
+        return False
+    tb = err.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("httpx", "httpcore")):
+            return False
+        tb = tb.tb_next
+    return True
+
+
+def _snapshot(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request as it was sent, for a stream's prompt estimate made when the stream
+    ends: by then the caller may have appended the answer to its ``messages``."""
+    for name in ("messages", "input"):
+        value = kwargs.get(name)
+        if type(value) is list:
+            kwargs[name] = list(value)
+    return kwargs
 
 
 def answered(call: Call, result: Any, api: Api, request: Mapping[str, Any]) -> None:
@@ -166,8 +194,12 @@ def failed(call: Call, err: BaseException, api: Api, request: Mapping[str, Any])
     """The SDK raised: classify, record, and let the caller re-raise it unchanged.
 
     An unreadable 2xx answer means the provider took the prompt, so it is charged
-    (estimated), as the gateway does.
+    (estimated), as the gateway does. A call whose arguments the SDK refused before
+    sending is dropped: nothing happened upstream.
     """
+    if _never_sent(err):
+        call.discard()
+        return
     failure = classify_exception(err)
     usage, source = ZERO_USAGE, TokenSource.REPORTED
     if failure.error_type is ErrorType.INVALID_RESPONSE:
@@ -192,7 +224,7 @@ def sync_wrapper(
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def create(*args: Any, **kwargs: Any) -> Any:
-            if "extra_headers" in kwargs and _raw(kwargs):
+            if "extra_headers" in kwargs and _passed_through(kwargs):
                 return method(*args, **kwargs)
             call = Call(inst, where, operation, model_name(kwargs), kwargs.get("stream") is True)
             try:
@@ -201,7 +233,8 @@ def sync_wrapper(
                 failed(call, err, api, kwargs)
                 raise
             if isinstance(result, stream_type):
-                return InstrumentedStream(result, Watch(call, api.reader, api.estimate, kwargs))
+                watch = Watch(call, api.reader, api.estimate, _snapshot(kwargs))
+                return InstrumentedStream(result, watch)
             answered(call, result, api, kwargs)
             return result
 
@@ -219,7 +252,7 @@ def async_wrapper(
     def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(method)
         async def create(*args: Any, **kwargs: Any) -> Any:
-            if "extra_headers" in kwargs and _raw(kwargs):
+            if "extra_headers" in kwargs and _passed_through(kwargs):
                 return await method(*args, **kwargs)
             call = Call(inst, where, operation, model_name(kwargs), kwargs.get("stream") is True)
             try:
@@ -228,9 +261,8 @@ def async_wrapper(
                 failed(call, err, api, kwargs)
                 raise
             if isinstance(result, stream_type):
-                return AsyncInstrumentedStream(
-                    result, Watch(call, api.reader, api.estimate, kwargs)
-                )
+                watch = Watch(call, api.reader, api.estimate, _snapshot(kwargs))
+                return AsyncInstrumentedStream(result, watch)
             answered(call, result, api, kwargs)
             return result
 

@@ -132,7 +132,9 @@ class Instrumentation:
         self, registry: CollectorRegistry | None = None, *, sinks: Sequence[Sink] = ()
     ) -> None:
         self.registry = REGISTRY if registry is None else registry
-        self._pending: deque[tuple[Call, Ending]] = deque()  # append/popleft: thread-safe
+        self._pending: deque[tuple[Call, Ending | None]] = (
+            deque()
+        )  # None: discarded  # append/popleft: thread-safe
         self._started: deque[Call] = deque()  # calls the in-flight gauge has not counted
         self.started = self._started.append  # what a new Call runs: one append, no lock
         self._scheduled = False  # the drainer will flush this instance soon
@@ -155,7 +157,7 @@ class Instrumentation:
         self.metrics.sink_errors.labels(name).inc()
         log.error("sink_failed sink=%s error=%s", name, type(err).__name__, exc_info=err)
 
-    def queue(self, call: Call, ending: Ending, deferred: bool = False) -> None:
+    def queue(self, call: Call, ending: Ending | None, deferred: bool = False) -> None:
         """Queue a finished call for the next batch (see ``tollhouse.instrument.drain``).
 
         ``deferred`` (a finalizer, possibly inside the garbage collector) only
@@ -193,11 +195,11 @@ class Instrumentation:
                     call, ending = pending.popleft()
                 except IndexError:
                     return
-                event = call.event(ending)
                 gauge = self.in_flight(call.model)  # binds the series: 0 from the first call
                 if call.counted:
                     gauge(-1.0)
-                self._sinks.emit(event)
+                if ending is not None:
+                    self._sinks.emit(call.event(ending))
 
     def in_flight(self, model: str) -> Add:
         """What adds to ``model``'s ``llm_requests_in_flight`` series (bound once)."""

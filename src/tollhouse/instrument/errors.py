@@ -16,7 +16,8 @@ The tree it recognises, most specific first:
   → ``timeout``;
 * ``APIConnectionError``, ``ConnectionError``, httpx ``TransportError`` →
   ``network``;
-* ``APIResponseValidationError`` → ``invalid_response``;
+* ``APIResponseValidationError``, and a ``JSONDecodeError`` (the SDKs raise one
+  for a 2xx body that is not JSON) → ``invalid_response``;
 * ``APIStatusError`` → from its status and body; an error *event* inside a
   stream (a 200 response) → from its body alone;
 * anything else → ``unknown``.
@@ -34,6 +35,7 @@ both modes.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +120,10 @@ def _anthropic_kind(err: Any, status: int | None) -> ErrorType:
 
 
 def _generic_kind(err: BaseException) -> tuple[ErrorType, int | None]:
-    """Errors from code ``track()`` wraps: sockets, httpx, anything with a ``status_code``."""
+    """Errors from code ``track()`` wraps: sockets, httpx, anything with a ``status_code``;
+    and a 2xx body that is not JSON, which both SDKs raise as a plain ``JSONDecodeError``."""
+    if isinstance(err, json.JSONDecodeError):
+        return ErrorType.INVALID_RESPONSE, None
     if isinstance(err, TimeoutError):
         return ErrorType.TIMEOUT, None
     if isinstance(err, ConnectionError):

@@ -9,6 +9,8 @@ reported ones.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -55,6 +57,23 @@ def instrument(inst: Instrumentation, client: Any, where: Site) -> None:
     else:
         for resource, api in _resources(client):
             patch(resource, "create", sync_wrapper(inst, where, api, openai.Stream))
+    if callable(getattr(client.responses, "stream", None)):
+        patch(client.responses, "stream", _as_helper)
+
+
+def _as_helper(stream: Callable[..., Any]) -> Callable[..., Any]:
+    """``responses.stream`` calls the (wrapped) ``responses.create`` without saying so,
+    unlike ``chat.completions.stream``, which sets the SDK's helper header: set it here
+    too, so the wrapper passes that call through as it does the chat helper's. (The
+    helper's stream closes its HTTP response directly, past any wrapper.)"""
+
+    @functools.wraps(stream)
+    def helper(*args: Any, **kwargs: Any) -> Any:
+        headers = dict(kwargs.get("extra_headers") or {})
+        headers.setdefault("X-Stainless-Helper-Method", "responses.stream")
+        return stream(*args, **{**kwargs, "extra_headers": headers})
+
+    return helper
 
 
 def _resources(client: Any) -> list[tuple[Any, Api]]:

@@ -43,10 +43,12 @@ class Tally:
     """What a stream has shown so far."""
 
     __slots__ = (
+        "choices",
         "complete",
         "content_chunks",
         "counts",
         "failure",
+        "finished",
         "response_id",
         "response_model",
         "usage",
@@ -57,9 +59,16 @@ class Tally:
         self.usage: Usage | None = None
         self.counts: dict[str, int] = {}  # Anthropic's counts, merged event by event
         self.complete = False  # the final usage arrived
+        self.choices = 0  # chat: how many choices the stream has shown
+        self.finished = 0  # chat: how many of them sent their finish_reason
         self.response_model: str | None = None
         self.response_id: str | None = None
         self.failure: ErrorType | None = None  # an error reported in-band, not raised
+
+    def answered(self) -> bool:
+        """Every choice of a chat stream sent its finish_reason: the answer is whole even
+        if the caller stops before the usage chunk (or none was asked for)."""
+        return self.choices > 0 and self.finished >= self.choices
 
     def known_usage(self) -> Usage | None:
         if self.usage is not None:
@@ -123,13 +132,19 @@ def read_chat_chunk(tally: Tally, chunk: Any) -> bool:
     if raw is not None:
         tally.usage = openai_usage(raw)
         tally.complete = tally.usage is not None
+    content = False
     for choice in getattr(chunk, "choices", None) or ():
+        index = getattr(choice, "index", 0)
+        if isinstance(index, int) and index >= tally.choices:
+            tally.choices = index + 1
+        if getattr(choice, "finish_reason", None):
+            tally.finished += 1  # the answer (this choice of it) is whole
         delta = getattr(choice, "delta", None)
         if delta is not None and (
             delta.content or delta.tool_calls or extra_field(delta, "reasoning_content")
         ):
-            return True
-    return False
+            content = True
+    return content
 
 
 def estimate_chat(request: Mapping[str, Any]) -> int:

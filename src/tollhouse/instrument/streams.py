@@ -114,11 +114,12 @@ class Watch:
         )
 
     def stopped(self, *, deferred: bool = False) -> None:
-        """Closed or dropped before the end: cancelled, unless the final usage was in."""
+        """Closed or dropped before the end: cancelled, unless the answer was whole (its
+        final usage, or every choice's finish_reason, was in)."""
         if self.call.done:
             return
         t = self.tally
-        if t.complete:
+        if t.complete or t.answered():
             self.exhausted(deferred=deferred)
             return
         usage, source = self.usage(False)
