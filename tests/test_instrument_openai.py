@@ -11,6 +11,8 @@ import asyncio
 import gc
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -545,3 +547,34 @@ def test_arguments_the_sdk_refuses_before_sending_record_nothing(
     assert probe.value("llm_requests_in_flight", model="gpt-typo") == 0
     assert probe.value("llm_upstream_requests_total", **traffic("gpt-typo"), outcome="error",
                        error_type="unknown") == 0  # fmt: skip
+
+
+_EXIT_MID_STREAM = """
+import sys
+import openai
+from prometheus_client import CollectorRegistry
+import tollhouse
+from tollhouse import Instrumentation
+
+inst = Instrumentation(CollectorRegistry())
+inst.add_sink(lambda e: print("event", e.model, e.outcome.value, e.usage.output, flush=True))
+client = tollhouse.instrument(
+    openai.OpenAI(base_url=sys.argv[1], api_key="x", max_retries=0), instrumentation=inst
+)
+stream = client.chat.completions.create(
+    model="gpt-chunkdelay-5", messages=[{"role": "user", "content": "one two three four"}],
+    max_tokens=20, stream=True,
+)
+for i, chunk in enumerate(stream):
+    if i == 2:
+        break  # the script ends here, the stream still open and referenced
+"""
+
+
+def test_a_stream_still_open_at_exit_is_recorded(up: MockUpstream) -> None:
+    """Finalizers may not run at interpreter exit (and the abandoned-stream one skips a
+    finalizing interpreter), so a script that left a stream open lost its call."""
+    done = subprocess.run([sys.executable, "-c", _EXIT_MID_STREAM, up.base_url + "/v1"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["event gpt-chunkdelay-5 cancelled 2"]

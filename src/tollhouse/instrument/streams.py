@@ -11,7 +11,9 @@ The call's one event is written at the first of:
 * ``close()`` / leaving ``with`` before the end → ``cancelled``, tokens so far
   (a stream whose final usage already arrived counts as ``success``);
 * the proxy is garbage-collected unread → ``cancelled``, queued from
-  ``__del__`` (see ``tollhouse.instrument.core``).
+  ``__del__`` (see ``tollhouse.instrument.core``);
+* the interpreter exits with the stream still open → ``cancelled``, at exit
+  (finalizers may not run then, so open proxies are kept in a weak set).
 
 "Tokens so far" follows the gateway: the prompt (reported if the provider sent
 it early, as Anthropic does, else estimated) and one output token per content
@@ -24,8 +26,10 @@ closing, exhausting or dropping the stream does.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -33,6 +37,7 @@ from tollhouse.accounting.event import Outcome, TokenSource
 from tollhouse.accounting.usage import Usage
 from tollhouse.errors import ErrorType
 from tollhouse.instrument.call import Call
+from tollhouse.instrument.drain import drainer
 from tollhouse.instrument.errors import classify_exception
 from tollhouse.instrument.readers import Estimate, Reader, Tally
 
@@ -142,6 +147,24 @@ def _abandoned(proxy: object) -> None:
         watch.stopped(deferred=True)
 
 
+# Proxies made and not yet collected (weakly held: a set entry never keeps one alive).
+_open: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _end_open_streams() -> None:
+    """At exit: end the calls of streams still open (as their ``close`` would), then
+    record them. Finalizers are not run for everything at exit, and ``_abandoned``
+    skips a finalizing interpreter, so these calls would otherwise be lost."""
+    for proxy in list(_open):
+        watch = proxy.__dict__.get("_watch")
+        if watch is not None:
+            watch.stopped()
+    drainer.flush_all()
+
+
+atexit.register(_end_open_streams)  # after the drainer's: at exit it runs before it
+
+
 def _forward(proxy: object, name: str) -> Any:
     """Attributes the proxy does not define come from the SDK stream (``response``, ...)."""
     stream = proxy.__dict__.get("_stream")
@@ -187,6 +210,7 @@ class InstrumentedStream:
         self._stream = stream
         self._next = stream.__next__
         self._watch = watch
+        _open.add(self)
 
     def __iter__(self) -> Iterator[Any]:
         return _relay(self, self._next, self._watch)
@@ -229,6 +253,7 @@ class AsyncInstrumentedStream:
         self._stream = stream
         self._anext = stream.__anext__
         self._watch = watch
+        _open.add(self)
 
     def __aiter__(self) -> AsyncInstrumentedStream:
         return self
