@@ -14,6 +14,12 @@ Limits: HTTP/1.1 only (no HTTP/2, no ``Expect: 100-continue``, no HEAD requests,
 upgrades); no proxy support, ``HTTP(S)_PROXY``/``NO_PROXY`` are ignored, so deployments
 behind a forward proxy should pick the aiohttp client; no redirects, cookies or
 decompression (it asks for ``accept-encoding: identity``).
+
+A request is never sent twice. A keep-alive connection the upstream closed while it
+was idle is noticed (its EOF arrives long before the next request) and not reused;
+one that breaks after the request was written may have been read and billed (a POST
+is not idempotent), so the failure is the caller's to retry, counted, under the
+model group's ``retries`` policy (Go's ``net/http`` draws the same line).
 """
 
 from __future__ import annotations
@@ -102,14 +108,14 @@ class Pool:
                 return
         self.count -= 1
 
-    async def acquire(self, fresh: bool) -> Conn:
+    async def acquire(self) -> Conn:
         """Slow path: open a connection, or wait (FIFO) for one; bounded by ``connect``."""
         try:
             async with asyncio.timeout(self.timeouts.connect):
                 while True:
                     if self.owner.closed:
                         raise UpstreamError(ErrorType.NETWORK, _SHUT)
-                    conn = None if fresh else self.checkout()
+                    conn = self.checkout()
                     if conn is not None:
                         return conn
                     if self.count < self.limit:
@@ -191,20 +197,15 @@ class H1Transport:
         data = _encode(request, pool, target)
         conn = pool.checkout()
         if conn is None:
-            conn = await pool.acquire(False)
-        retried = False
-        while True:
-            resp = H1Response(conn, request.stream)
-            conn.start(resp, data)
-            await resp._wait()
-            if resp.status:
-                return resp
-            err = resp._error
-            assert err is not None
-            if retried or not conn.reused or conn.got_bytes or err.error_type != ErrorType.NETWORK:
-                raise err
-            retried = True  # a stale keep-alive connection: once more on a fresh one
-            conn = await pool.acquire(True)
+            conn = await pool.acquire()
+        resp = H1Response(conn, request.stream)
+        conn.start(resp, data)
+        await resp._wait()
+        if resp.status:
+            return resp
+        err = resp._error
+        assert err is not None
+        raise err
 
     def _pool_for(self, prefix: str) -> Pool:
         try:
