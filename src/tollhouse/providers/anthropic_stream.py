@@ -133,6 +133,9 @@ class AnthropicStreamTranslator:
         self.usage: Usage | None = None
         self.error: UpstreamError | None = None
         self.done = False
+        # message_start's usage has a placeholder output count: the answer is whole
+        # only once message_delta (the real count) or message_stop arrived.
+        self.complete = False
         self._wants_usage = client_wants_usage
         self._id = "chatcmpl-anthropic"
         self._model = target.upstream_model
@@ -236,12 +239,13 @@ class AnthropicStreamTranslator:
         if counts:
             self._counts.update(counts)
             self.usage = usage_from(self._counts)
+            self.complete = True
         delta = data.get("delta")
         reason = finish_reason(delta.get("stop_reason")) if isinstance(delta, dict) else None
         return [self._delta({}, reason)] if reason else []
 
     def _message_stop(self, data: dict[str, Any]) -> list[bytes]:
-        self.done = True
+        self.done = self.complete = True
         return []
 
     def _error(self, data: dict[str, Any]) -> list[bytes]:

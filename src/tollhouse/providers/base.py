@@ -95,13 +95,18 @@ class StreamTranslator(Protocol):
     ``content_chunks`` (chunks that carried generated content; the first one
     marks the time to first token, and the count is the output-token estimate
     when no usage arrives), ``usage`` (the latest usage the upstream reported),
-    ``error`` (an in-stream upstream error) and ``done``.
+    ``error`` (an in-stream upstream error), ``done`` (the end marker arrived) and
+    ``complete`` (the answer is whole: its final usage or its end marker arrived; a
+    stream that ends without it was cut short).
     """
 
     content_chunks: int
     usage: Usage | None
     error: UpstreamError | None
     done: bool
+
+    @property
+    def complete(self) -> bool: ...
 
     def feed(self, line: bytes) -> list[bytes]:
         """Consume one upstream line; return zero or more complete SSE events to relay."""

@@ -184,6 +184,11 @@ class OpenAIStream:
         self.error: UpstreamError | None = None
         self.done = False
 
+    @property
+    def complete(self) -> bool:
+        """The usage chunk is the last one before ``[DONE]``: either one ends the answer."""
+        return self.done or self.usage is not None
+
     def feed(self, line: bytes) -> list[bytes]:
         parts = sse.split_field(line)
         if parts is None or parts[0] != b"data":

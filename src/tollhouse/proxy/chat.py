@@ -220,7 +220,7 @@ class _Relay:
                 await self._write(b"".join(out))
             if t.done:
                 break
-        if not t.done and t.usage is None:
+        if not t.complete:
             raise UpstreamError(ErrorType.NETWORK, "upstream stream ended before it was complete")
         await self._write(b"".join(t.finish()))
 
