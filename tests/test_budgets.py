@@ -255,3 +255,46 @@ def test_a_backend_over_budget_comes_back_by_itself_after_reset(
         ]
         clock.now += 61  # past midnight UTC
         assert http.post("/chat/completions", json=BODY).status_code == 200
+
+
+def _key_with_budget(store_url: str, usd: str) -> str:
+    async def setup(m: Manager) -> str:
+        limits = LimitsInput(max_budget_usd=Decimal(usd), budget_period="daily")
+        return (await m.create_key("capped", limits=limits)).secret
+
+    return manage(store_url, setup)
+
+
+def test_the_worst_case_is_priced_at_whichever_deployment_makes_it_dearest(
+    store_url: str,
+) -> None:
+    """The reservation priced a group at the deployment with the larger input + output
+    rate, not the larger cost for this request: a long answer from a cheap-input,
+    dear-output deployment was reserved at 1.05 mUSD, served at 5 mUSD, and spend went
+    past the budget."""
+    secret = _key_with_budget(store_url, "0.004")
+    config = gateway_config(store_url)
+    config["backends"] += [
+        {"name": "dear-output", "provider": "mock", "prices": {"input": "1", "output": "5"}},
+        {"name": "dear-input", "provider": "mock", "prices": {"input": "10", "output": "1"}},
+    ]
+    config["models"].append({"name": "mixed", "strategy": "priority", "deployments": [
+        {"backend": "dear-output", "model": "echo", "priority": 0},
+        {"backend": "dear-input", "model": "echo", "priority": 1}]})  # fmt: skip
+    with run_gateway(config) as gw:
+        r = httpx.post(gw.v1 + "/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                       json={"model": "mixed", "messages": MSG, "max_tokens": 1000})  # fmt: skip
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
+        assert "0.005005 USD" in r.json()["error"]["message"]  # 5 + 1000 tokens at 1 / 5
+
+
+def test_the_larger_of_max_tokens_and_max_completion_tokens_is_reserved(store_url: str) -> None:
+    """Providers differ in which cap wins (the mock, like many servers, generates
+    max_tokens); reserving only max_completion_tokens let a 1-token reservation be
+    served 1,000 tokens."""
+    secret = _key_with_budget(store_url, "0.001")
+    with run_gateway(gateway_config(store_url)) as gw:
+        r = httpx.post(gw.v1 + "/chat/completions", headers={"authorization": f"Bearer {secret}"},
+                       json={"model": "chat", "messages": MSG, "max_tokens": 1000,
+                             "max_completion_tokens": 1})  # fmt: skip
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"

@@ -65,7 +65,7 @@ class Gateway:
     ready: bool = False
     rng: random.Random = field(default_factory=random.Random)
     executor: Executor = field(init=False)
-    worst_prices: dict[str, Price | None] = field(default_factory=dict)
+    reachable_prices: dict[str, tuple[Price, ...]] = field(default_factory=dict)
     in_flight: dict[str, Gauge] = field(default_factory=dict)  # each group's bound series
     cancel_abandoned: bool = field(init=False)  # server.on_disconnect: cancel
     open_requests: int = 0  # proxied requests whose event is not emitted yet
@@ -109,16 +109,18 @@ class Gateway:
             series = self.in_flight[group] = self.metrics.in_flight.labels(group)
         return series
 
-    def _worst_price(self, group: ModelGroup) -> Price | None:
-        """The dearest price among every deployment this request could reach (fixed per
-        group, so computed once and kept)."""
-        if group.name in self.worst_prices:
-            return self.worst_prices[group.name]
-        groups = [group, *(self.router.resolve(m) for f in group.config.fallbacks for m in f.to)]
-        prices = [p for g in groups if (p := g.max_price) is not None]
-        worst = max(prices, key=lambda p: p.input.base + p.output.base) if prices else None
-        self.worst_prices[group.name] = worst
-        return worst
+    def _reachable_prices(self, group: ModelGroup) -> tuple[Price, ...]:
+        """The prices of every deployment a request to ``group`` could reach, its fallbacks'
+        included (fixed per group, so computed once and kept). Which is dearest depends on
+        the request (a long prompt or a long answer), so the reservation prices its worst
+        case at each and keeps the largest."""
+        prices = self.reachable_prices.get(group.name)
+        if prices is None:
+            groups = [group, *(self.router.resolve(m) for f in group.config.fallbacks
+                               for m in f.to)]  # fmt: skip
+            found = (d.price for g in groups for d in g.deployments if d.price is not None)
+            prices = self.reachable_prices[group.name] = tuple(dict.fromkeys(found))
+        return prices
 
     async def admit(self, ctx: RequestContext, input_tokens: int, output_tokens: int) -> None:
         """Reserve the caller's limits for the worst case (``route`` checked the model)."""
@@ -127,20 +129,20 @@ class Gateway:
         if self.admission is None:
             return
         ctx.worst = Usage(input=input_tokens, output=output_tokens)
-        price = self._worst_price(group)
+        prices = self._reachable_prices(group)
         overrides = None
         if ctx.end_user is not None and self.end_users is not None:
             overrides = await self.end_users.limits(ctx.end_user)
         rules = self.admission.caller_rules(ctx.principal, group.name, ctx.end_user, overrides)
-        ctx.ticket = await self._reserve(rules, price, ctx.worst)
+        ctx.ticket = await self._reserve(rules, prices, ctx.worst)
 
-    async def _reserve(self, rules: tuple[list[BudgetRule], list[RateRule]], price: Price | None,
-                       worst: Usage) -> Ticket | None:  # fmt: skip
+    async def _reserve(self, rules: tuple[list[BudgetRule], list[RateRule]],
+                       prices: tuple[Price, ...], worst: Usage) -> Ticket | None:  # fmt: skip
         assert self.admission is not None
         if not rules[0] and not rules[1]:
             return None  # no limit applies: nothing to price, track or reserve
         self.snapshot.track(*rules)
-        worst_cost = cost(worst, price) if price is not None else Decimal(0)
+        worst_cost = max((cost(worst, p) for p in prices), default=Decimal(0))
         if self.limits_retry_at and time.monotonic() < self.limits_retry_at:
             raise LimitsUnavailable(_LIMITS_DOWN)  # failed a moment ago: do not wait again
         try:
@@ -220,7 +222,8 @@ class _Hooks:
             if dep.model != ctx.group.name:  # a fallback: the key's limits for that model too
                 rules[1].extend(r for r in ctx.principal.rates if r.model == dep.model)
             if rules[0] or rules[1]:
-                ctx.attempt_ticket = await gw._reserve(rules, dep.price, ctx.worst)
+                prices = (dep.price,) if dep.price is not None else ()
+                ctx.attempt_ticket = await gw._reserve(rules, prices, ctx.worst)
         ctx.attempting = True
 
     def after(

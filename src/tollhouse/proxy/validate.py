@@ -72,7 +72,9 @@ def chat(body: Any) -> ChatParams:
     wants_usage = bool(options and options.get("include_usage") is True)
     _positive_int(body, "max_tokens")
     _positive_int(body, "max_completion_tokens")
-    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    # Reserve for the larger cap when both are sent: providers differ in which one wins.
+    caps = [c for c in (body.get("max_completion_tokens"), body.get("max_tokens")) if c]
+    cap = max(caps) if caps else None
     return ChatParams(model, stream, wants_usage, messages, cap, _end_user(body))
 
 

@@ -88,14 +88,6 @@ class ModelGroup:
                 out += [m for m in rule.to if m not in out]
         return out
 
-    @property
-    def max_price(self) -> Price | None:
-        """The dearest deployment's price (the worst case a reservation must cover)."""
-        priced = [d.price for d in self.deployments if d.price is not None]
-        if not priced:
-            return None
-        return max(priced, key=lambda p: p.input.base + p.output.base)
-
 
 def make_adapter(backend: BackendConfig) -> Adapter:
     if backend.provider == "anthropic":
