@@ -13,8 +13,9 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.conftest import run_gateway, run_sync
+from tests.conftest import mid_minute_clock, run_gateway, run_sync
 from tests.keyhelpers import gateway_config, manage
+from tollhouse.accounting.tokens import estimate_prompt_tokens
 from tollhouse.identity.manage import LimitsInput, Manager
 from tollhouse.store.engine import Store
 
@@ -298,3 +299,39 @@ def test_the_larger_of_max_tokens_and_max_completion_tokens_is_reserved(store_ur
                        json={"model": "chat", "messages": MSG, "max_tokens": 1000,
                              "max_completion_tokens": 1})  # fmt: skip
         assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
+
+
+def test_each_backend_is_charged_for_its_own_attempt() -> None:
+    """A request whose answer on backend ``a`` could not be read (charged its prompt, as
+    the upstream billed it) and that a retry served on ``b``: ``a``'s budget gets the
+    prompt and its rpm the call; ``b``'s budget gets the rest. Before, ``a``'s attempt
+    was given back in full and its charge booked to ``b``, so ``a``'s budget and rate
+    limit never saw calls that reached it."""
+    prompt = estimate_prompt_tokens(MSG)
+    config = {
+        "backends": [{"name": "a", "provider": "mock", "prices": {"input": 1, "output": 2}},
+                     {"name": "b", "provider": "mock", "prices": {"input": 3, "output": 4}}],
+        "models": [{"name": "g", "strategy": "priority",
+                    "retries": {"attempts": 1, "backoff": 0, "when": ["invalid_response"]},
+                    "deployments": [{"backend": "a", "model": "malformed", "priority": 0},
+                                    {"backend": "b", "model": "echo", "priority": 1}]}],
+        "budgets": [{"scope": "backend", "name": n, "max_usd": "1", "period": "daily"}
+                    for n in ("a", "b")],
+        "rate_limits": [{"scope": "backend", "name": "a", "rpm": 100}],
+    }  # fmt: skip
+    with run_gateway(config, clock=mid_minute_clock()) as gw:
+        r = httpx.post(gw.v1 + "/chat/completions", json={**BODY, "model": "g"})
+        assert r.status_code == 200 and r.headers["x-tollhouse-backend"] == "b"
+        event = gw.wait_events(1)[0]
+        httpx.get(gw.url + "/metrics")  # refreshes the budget gauges
+
+        def spend(backend: str) -> Decimal:
+            value = gw.metric("llm_budget_spend_usd", scope="backend", entity=backend,
+                              period="daily")  # fmt: skip
+            return Decimal(str(value))
+
+        a_cost = Decimal(prompt) / 1_000_000
+        assert event.cost is not None and spend("a") == a_cost
+        assert spend("b") == event.cost - a_cost > 0
+        assert gw.metric("llm_ratelimit_remaining", scope="backend", entity="a",
+                         kind="requests") == 99  # fmt: skip

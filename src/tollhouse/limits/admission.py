@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from tollhouse.accounting.event import UsageEvent
+from tollhouse.accounting.usage import Usage
 from tollhouse.config.schema import Config
 from tollhouse.identity.directory import budget_rules, rate_rules
 from tollhouse.identity.principal import BudgetRule, Principal, RateRule
@@ -138,10 +139,15 @@ class Admission:
 
     def settle(self, ticket: Ticket, event: UsageEvent) -> None:
         """Queue the real cost and tokens of a finished request (never blocks the caller)."""
-        tokens = event.usage.input + event.usage.output
+        self.settle_usage(ticket, event.usage, event.cost)
+
+    def settle_usage(self, ticket: Ticket, usage: Usage, cost: Decimal | None) -> None:
+        """Queue what one ticket's part of a request used: the whole request for the
+        caller's ticket, one upstream attempt for a deployment's."""
+        tokens = usage.input + usage.output
         amounts = [1 if rule.kind == "rpm" else tokens for rule in ticket.plan.rate_rules]
-        cost = nano_usd(event.cost) if event.cost is not None else 0
-        self._queue.put_nowait((ticket.admitted, Settlement(cost, amounts)))
+        spent = nano_usd(cost) if cost is not None else 0
+        self._queue.put_nowait((ticket.admitted, Settlement(spent, amounts)))
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._run(), name="tollhouse-settle")

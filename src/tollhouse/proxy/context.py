@@ -44,6 +44,7 @@ class RequestContext:
     end_user: str | None = None
     ticket: Ticket | None = None  # the caller's limits (key, team, user, end user)
     attempt_ticket: Ticket | None = None  # the serving deployment's limits (backend, provider)
+    attempt_charges: int = 0  # where the current attempt's entries in ``charges`` begin
     attempts: list[Attempt] = field(default_factory=list)  # upstream calls that ended
     attempting: bool = False  # an upstream call is under way (not in ``attempts`` yet)
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
@@ -70,6 +71,19 @@ class RequestContext:
     def estimated(self, usage: Usage) -> None:
         """Record usage the gateway estimated because the provider reported none."""
         self.charge(usage, estimated=True)
+
+    def charged_since(self, start: int) -> tuple[Usage, Decimal | None]:
+        """What ``charges[start:]`` add up to (one attempt's share): its tokens, and its
+        cost (``None`` if a part is unpriced)."""
+        usage, total = ZERO_USAGE, Decimal(0)
+        priced = True
+        for part, price in self.charges[start:]:
+            usage = usage + part
+            if price is not None:
+                total += cost(part, price)
+            elif part.input or part.output:
+                priced = False
+        return usage, total if priced else None
 
     def fail(self, err: GatewayError) -> None:
         self.status = err.status

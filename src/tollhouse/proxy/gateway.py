@@ -202,9 +202,12 @@ class Gateway:
         event = ctx.finish(self.prices)
         self.sinks.emit(event)
         if self.admission is not None:
-            for ticket in (ctx.ticket, ctx.attempt_ticket):
-                if ticket is not None:
-                    self.admission.settle(ticket, event)
+            if ctx.ticket is not None:  # the caller's limits: the whole request
+                self.admission.settle(ctx.ticket, event)
+            if ctx.attempt_ticket is not None:  # the serving deployment's: its attempt only
+                self.admission.settle_usage(
+                    ctx.attempt_ticket, *ctx.charged_since(ctx.attempt_charges)
+                )
 
 
 class _Hooks:
@@ -216,6 +219,7 @@ class _Hooks:
     async def before(self, dep: Deployment) -> None:
         ctx, gw = self.ctx, self.gw
         ctx.deployment = dep
+        ctx.attempt_charges = len(ctx.charges)
         if gw.admission is not None:
             rules = gw.admission.deployment_rules(dep.target.backend, dep.target.provider)
             assert ctx.group is not None
@@ -240,7 +244,10 @@ class _Hooks:
                 ctx.ratelimit.remaining_requests, ctx.ratelimit.remaining_tokens
             )
         if error is not None and ctx.attempt_ticket is not None and self.gw.admission is not None:
-            self.gw.admission.release(ctx.attempt_ticket)  # that deployment served nothing
+            # The upstream was called: the attempt counts against its backend's limits,
+            # with what it was charged (the prompt of an answer it could not read, say).
+            usage, spent = ctx.charged_since(ctx.attempt_charges)
+            self.gw.admission.settle_usage(ctx.attempt_ticket, usage, spent)
             ctx.attempt_ticket = None
 
     def soft_error(self) -> ErrorType | None:
