@@ -112,7 +112,8 @@ def test_a_fallback_is_held_to_the_keys_limit_for_the_model_it_reaches(store_url
     Its refusal does not take ``premium``'s deployment out of rotation for other keys."""
 
     async def setup(m: Manager) -> tuple[str, str]:
-        limited = await m.create_key("limited", model_limits={"premium": ModelLimit(rpm=1)})
+        limited = await m.create_key("limited", limits=LimitsInput(rpm=100),
+                                     model_limits={"premium": ModelLimit(rpm=1)})  # fmt: skip
         return limited.secret, (await m.create_key("other")).secret
 
     config = gateway_config(store_url)
@@ -128,6 +129,8 @@ def test_a_fallback_is_held_to_the_keys_limit_for_the_model_it_reaches(store_url
         second = chat(http, limited, "spill")
         assert second.status_code == 429
         assert "key_model 'limited'" in second.json()["error"]["message"]
+        # the key's 100 rpm headers would name a limit that did not refuse it
+        assert not any(h.startswith("x-ratelimit") for h in second.headers)
         assert chat(http, other, "premium").status_code == 200
         gw.wait_events(3)
         assert gw.metric("llm_rejections_total", reason="rate_limit", scope="key_model") == 1

@@ -15,8 +15,9 @@ from tollhouse.routing.router import Deployment
 OVERHEAD_HEADER = b"x-tollhouse-overhead-ms"
 
 
-def response_headers(ctx: RequestContext) -> Headers:
-    """``x-request-id``, the gateway's own time so far, and the caller's rate limits."""
+def response_headers(ctx: RequestContext, *, limits: bool = True) -> Headers:
+    """``x-request-id``, the gateway's own time so far, and (unless ``limits`` is false:
+    a refusal by the gateway's own limits) the caller's rate limits."""
     headers = [
         (b"x-request-id", ctx.request_id.encode()),
         (OVERHEAD_HEADER, f"{ctx.overhead_so_far() * 1000:.3f}".encode()),
@@ -31,6 +32,8 @@ def response_headers(ctx: RequestContext) -> Headers:
         ]
     if ctx.cache != "off":
         headers.append((b"x-tollhouse-cache", ctx.cache.encode()))
+    if not limits:
+        return headers
     caller, backend = ctx.ticket, ctx.attempt_ticket
     if backend is None:
         if caller is not None:

@@ -21,6 +21,7 @@ from tollhouse.errors import (
     ClientDisconnected,
     GatewayError,
     MethodNotAllowed,
+    Rejected,
     ShuttingDown,
     UpstreamError,
     UpstreamFailed,
@@ -62,7 +63,9 @@ async def proxied(
         ctx.fail(err)
         gw.rejected(err)
         gw.unwind(ctx)
-        await send_error(send, err, response_headers(ctx))
+        # A 429 from the gateway's own limits says when to retry (Retry-After); other
+        # limits' x-ratelimit-* headers there would name a limit that did not refuse.
+        await send_error(send, err, response_headers(ctx, limits=not isinstance(err, Rejected)))
     except ClientDisconnected:  # before its body was complete: nothing went upstream
         ctx.cancel(499)
     except Exception:  # a bug or an unforeseen failure: still an OpenAI-style 500, counted
