@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -588,3 +589,41 @@ def test_the_h1_client_does_not_follow_a_redirect() -> None:
             assert (event.outcome.value, event.error_type.value) == ("error", "invalid_response")
         server.join(5)
     assert elsewhere.seen == []
+
+
+def test_a_whole_answer_without_usage_is_charged_an_estimate_of_its_output_too() -> None:
+    """An OpenAI-compatible server that reports no usage: the prompt was estimated and the
+    output charged 0, although the answer's text was there to estimate from (streams
+    already count one token per content chunk)."""
+    text = "one two three four five six seven eight"  # 39 characters: 10 tokens
+    answer = orjson.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "x",
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": text}}]})  # fmt: skip
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def serve_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(answer), answer))  # fmt: skip
+
+        server = threading.Thread(target=serve_once, daemon=True)
+        server.start()
+        port = listener.getsockname()[1]
+        config = {
+            "backends": [{"name": "up", "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+                          "prices": {"input": 1, "output": 2}}],
+            "models": [{"name": "m", "backend": "up", "model": "x"}],
+        }  # fmt: skip
+        with run_gateway(config) as gw:
+            r = httpx.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": MESSAGES})
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == text
+            event = gw.wait_events(1)[0]
+        server.join(5)
+    prompt = estimate_prompt_tokens(MESSAGES)
+    assert (event.usage.input, event.usage.output) == (prompt, 10)
+    assert event.token_source.value == "estimated"
+    assert event.cost == Decimal(prompt * 1 + 10 * 2) / 1_000_000

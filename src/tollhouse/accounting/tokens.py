@@ -51,3 +51,25 @@ def estimate_input_tokens(value: Any) -> int:
             return len(value)  # already token ids
         return sum(estimate_input_tokens(v) for v in value)
     return 0
+
+
+def estimate_answer_tokens(answer: Any) -> int:
+    """Estimate the output tokens of a whole OpenAI chat completion (a parsed body) that
+    reports no usage: its choices' text, reasoning and tool-call arguments, by the same
+    ``ceil(characters / 4)`` rule as prompts."""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list):
+        return 0
+    chars = 0
+    for choice in choices:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            continue
+        chars += text_chars(message.get("content"))
+        reasoning = message.get("reasoning_content")
+        chars += len(reasoning) if isinstance(reasoning, str) else 0
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            chars += len(arguments) if isinstance(arguments, str) else 0
+    return -(-chars // 4)

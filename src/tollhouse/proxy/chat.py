@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 from typing import Any
 
+import orjson
+
 from tollhouse.accounting.event import Outcome
-from tollhouse.accounting.tokens import estimate_prompt_tokens
+from tollhouse.accounting.tokens import estimate_answer_tokens, estimate_prompt_tokens
 from tollhouse.accounting.usage import Usage
 from tollhouse.cache import strip_flag
 from tollhouse.errors import ErrorType, ShuttingDown, UpstreamError, UpstreamFailed
@@ -68,8 +70,9 @@ async def handle(gw: Gateway, ctx: RequestContext, scope: Scope, receive: Any, s
             # A 2xx means the upstream took the prompt; an unreadable answer still costs it.
             ctx.estimated(Usage(input=prompt))
             raise
-        if parsed.usage is None:
-            ctx.estimated(Usage(input=prompt))
+        if parsed.usage is None:  # rare: estimate the answer too, as a stream's chunks are
+            output = estimate_answer_tokens(orjson.loads(parsed.body))
+            ctx.estimated(Usage(input=prompt, output=output))
         else:
             ctx.charge(parsed.usage)
         await reply_json(ctx, send, 200, parsed.body)
