@@ -75,7 +75,7 @@ def test_mock_embed_serves_embeddings(gw: RunningGateway) -> None:
 def test_mock_slow_waits_500_ms_then_50_ms_between_chunks(gw: RunningGateway) -> None:
     started = time.perf_counter()
     assert chat(gw, "mock-slow").status_code == 200
-    assert time.perf_counter() - started >= 0.5
+    assert time.perf_counter() - started >= 0.49  # 500 ms; loop timers may fire ~1 ms early
     arrivals: list[float] = []
     with httpx.stream("POST", gw.v1 + "/chat/completions", timeout=10,
                       json={"model": "mock-slow", "messages": MSG, "stream": True}) as r:  # fmt: skip
