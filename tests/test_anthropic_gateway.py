@@ -3,8 +3,6 @@ through the gateway, against a local server that speaks it."""
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -14,6 +12,7 @@ import pytest
 
 from bench.mock_upstream import MockUpstream
 from tests.conftest import RunningGateway, run_gateway
+from tests.raw_upstream import answer_once
 
 MSG = [
     {"role": "system", "content": "be brief"},
@@ -90,33 +89,24 @@ def test_overloaded_anthropic_is_a_server_error(
     assert event.error_type is not None and event.error_type.value == "server_error"
 
 
-def _truncated_messages_stream(listener: socket.socket) -> None:
+def _truncated_messages_stream() -> bytes:
     """One Anthropic stream that ends cleanly (EOF-delimited body) after three words,
     with no message_delta or message_stop: cut short, though no connection broke."""
-    conn, _ = listener.accept()
-    with conn:
-        conn.recv(65536)
-        usage = {"input_tokens": 20, "output_tokens": 1}
-        start = {"type": "message_start", "message": {"id": "m", "model": "t", "usage": usage}}
-        words = [
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
-            for w in ("one", " two", " three")
-        ]
-        body = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in [start, *words])
-        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
-        conn.sendall(head + body)
+    usage = {"input_tokens": 20, "output_tokens": 1}
+    start = {"type": "message_start", "message": {"id": "m", "model": "t", "usage": usage}}
+    words = [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
+        for w in ("one", " two", " three")
+    ]
+    body = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in [start, *words])
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n" + body
 
 
 def test_an_anthropic_stream_that_ends_without_its_final_events_is_an_error() -> None:
     """message_start's usage has a placeholder output of 0: a stream that ended after it
     without message_delta/message_stop was recorded as a success with 0 output tokens
     (and told the client so in its usage chunk)."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        server = threading.Thread(target=_truncated_messages_stream, args=(listener,), daemon=True)
-        server.start()
-        port = listener.getsockname()[1]
+    with answer_once(_truncated_messages_stream()) as port:
         config = {
             "backends": [{"name": "t", "provider": "anthropic", "base_url": f"http://127.0.0.1:{port}",
                           "prices": {"input": 3, "output": 15}}],
@@ -141,7 +131,6 @@ def test_an_anthropic_stream_that_ends_without_its_final_events_is_an_error() ->
             with pytest.raises(openai.APIError):
                 read_all()
             event = gw.wait_events(1)[0]
-        server.join(5)
     assert "".join(words) == "one two three" and usages == []
     assert (event.outcome.value, event.error_type.value) == ("error", "network")
     assert (event.usage.input, event.usage.output) == (20, 3)

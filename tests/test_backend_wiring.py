@@ -28,6 +28,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from tests.conftest import RunningGateway, run_gateway
+from tests.raw_upstream import answer_once
 from tollhouse.accounting.tokens import estimate_prompt_tokens
 
 # What the recording upstream reports as usage: numbers no estimate would produce, so an
@@ -560,34 +561,25 @@ def test_the_h1_client_does_not_follow_a_redirect() -> None:
     that answers 307 to another server fails the request (the gateway's error, counted),
     and the server it points to is never called: a backend's API key must not travel to
     wherever a redirect says."""
-    with Recorder() as elsewhere, socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-
-        def answer_307() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(65536)
-                location = f"{elsewhere.url}/v1/chat/completions"
-                conn.sendall(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: " + location.encode()
-                             + b"\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
-
-        server = threading.Thread(target=answer_307, daemon=True)
-        server.start()
-        config = {
-            "backends": [{"name": "up", "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-                          "api_key_env": "UP_KEY", "http_client": "h1"}],
-            "models": [{"name": "m", "backend": "up", "model": "deploy-1"}],
-        }  # fmt: skip
-        with run_gateway(config, environ={"UP_KEY": "sk-upstream-secret"}) as gw:
-            r = httpx.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": MESSAGES})
-            assert r.status_code == 502 and r.json()["error"]["message"] == (
-                "upstream error (invalid_response): HTTP 307"
-            )
-            event = gw.wait_events(1)[0]
-            assert (event.outcome.value, event.error_type.value) == ("error", "invalid_response")
-        server.join(5)
+    with Recorder() as elsewhere:
+        location = f"{elsewhere.url}/v1/chat/completions".encode()
+        redirect = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: %s\r\nContent-Length: 0\r\n\r\n"
+        with answer_once(redirect % location) as port:
+            config = {
+                "backends": [{"name": "up", "provider": "openai", "http_client": "h1",
+                              "base_url": f"http://127.0.0.1:{port}/v1", "api_key_env": "UP_KEY"}],
+                "models": [{"name": "m", "backend": "up", "model": "deploy-1"}],
+            }  # fmt: skip
+            with run_gateway(config, environ={"UP_KEY": "sk-upstream-secret"}) as gw:
+                r = httpx.post(gw.v1 + "/chat/completions",
+                               json={"model": "m", "messages": MESSAGES})  # fmt: skip
+                assert r.status_code == 502 and r.json()["error"]["message"] == (
+                    "upstream error (invalid_response): HTTP 307"
+                )
+                event = gw.wait_events(1)[0]
+                assert (event.outcome.value, event.error_type.value) == (
+                    "error", "invalid_response",
+                )  # fmt: skip
     assert elsewhere.seen == []
 
 
@@ -599,20 +591,8 @@ def test_a_whole_answer_without_usage_is_charged_an_estimate_of_its_output_too()
     answer = orjson.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": "x",
                            "choices": [{"index": 0, "finish_reason": "stop",
                                         "message": {"role": "assistant", "content": text}}]})  # fmt: skip
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-
-        def serve_once() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                             b"content-length: %d\r\n\r\n%s" % (len(answer), answer))  # fmt: skip
-
-        server = threading.Thread(target=serve_once, daemon=True)
-        server.start()
-        port = listener.getsockname()[1]
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    with answer_once(head % len(answer) + answer) as port:
         config = {
             "backends": [{"name": "up", "provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
                           "prices": {"input": 1, "output": 2}}],
@@ -622,7 +602,6 @@ def test_a_whole_answer_without_usage_is_charged_an_estimate_of_its_output_too()
             r = httpx.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": MESSAGES})
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == text
             event = gw.wait_events(1)[0]
-        server.join(5)
     prompt = estimate_prompt_tokens(MESSAGES)
     assert (event.usage.input, event.usage.output) == (prompt, 10)
     assert event.token_source.value == "estimated"
