@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -50,7 +51,7 @@ class FakeClock:
         return self.now
 
 
-def answer(text: str = "Paris.", *, cost: int | None = 1234) -> CachedAnswer:
+def answer(text: str = "Paris.", *, cost: Decimal | None = Decimal("0.0000012345")) -> CachedAnswer:
     body = completion([{"role": "assistant", "content": text}])
     return CachedAnswer(orjson.dumps(body), Usage(input=12, output=3, cached_input=4), cost, 1.5)
 
@@ -449,8 +450,8 @@ def test_replay_of_a_body_that_is_not_a_completion_raises_value_error() -> None:
 # --- storage encoding --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cost", [1234, None, 0])
-def test_encode_decode_round_trip(cost: int | None) -> None:
+@pytest.mark.parametrize("cost", [Decimal("0.0000058888876"), None, Decimal(0)])
+def test_encode_decode_round_trip(cost: Decimal | None) -> None:
     """The body comes back byte for byte, with usage and cost as they were."""
     original = CachedAnswer(
         b'{"id": "x",\n "choices": []}', Usage(10, 20, 3, 4, 5), cost, 1700000000.25
@@ -463,11 +464,14 @@ def test_encode_decode_round_trip(cost: int | None) -> None:
     [
         b"",
         b"not json\n{}",
-        b'{"v": 99, "usage": {}, "cost_nusd": null, "created": 1}\n{}',
-        b'{"v": 1, "usage": {"input": 1}, "cost_nusd": null, "created": 1}\n{}',
-        b'{"v": 1, "usage": {"input": 1.5, "output": 0, "cached_input": 0, "cache_write_input": 0, "reasoning": 0}, "cost_nusd": null, "created": 1}\n{}',
-        b'{"v": 1, "usage": {"input": 1, "output": 0, "cached_input": 0, "cache_write_input": 0, "reasoning": 0}, "cost_nusd": "1", "created": 1}\n{}',
-        b'{"v": 1, "usage": {"input": 1, "output": 0, "cached_input": 0, "cache_write_input": 0, "reasoning": 0}, "cost_nusd": null, "created": 1}',
+        b'{"v": 99, "usage": {}, "cost": null, "created": 1}\n{}',
+        b'{"v": 1, "usage": {"input": 1, "output": 0, "cached_input": 0, "cache_write_input": 0, "reasoning": 0}, "cost_nusd": null, "created": 1}\n{}',
+        b'{"v": 2, "usage": {"input": 1}, "cost": null, "created": 1}\n{}',
+        b'{"v": 2, "usage": {"input": 1.5, "output": 0, "cached_input": 0, "cache_write_input": 0, "reasoning": 0}, "cost": null, "created": 1}\n{}',
+        b'{"v": 2, "usage": {"input": 1, "output": 0, "cached_input": 0, "cache_write_input": 0, "reasoning": 0}, "cost": 1, "created": 1}\n{}',
+        b'{"v": 2, "usage": {"input": 1, "output": 0, "cached_input": 0, "cache_write_input": 0, "reasoning": 0}, "cost": "one", "created": 1}\n{}',
+        b'{"v": 2, "usage": {"input": 1, "output": 0, "cached_input": 0, "cache_write_input": 0, "reasoning": 0}, "cost": "NaN", "created": 1}\n{}',
+        b'{"v": 2, "usage": {"input": 1, "output": 0, "cached_input": 0, "cache_write_input": 0, "reasoning": 0}, "cost": null, "created": 1}',
     ],
 )
 def test_decode_rejects_what_encode_did_not_write(raw: bytes) -> None:

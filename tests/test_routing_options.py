@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from bench.mock_upstream import MockUpstream
-from tests.conftest import RunningGateway, run_gateway
+from tests.conftest import RunningGateway, mock_config, run_gateway
 from tests.keyhelpers import gateway_config, manage
 from tests.test_cli_manage import tollhouse
 from tests.test_routing import backends, group, post
@@ -421,3 +421,20 @@ def test_a_keys_cache_setting_overrides_cache_enabled(tmp_path: Path) -> None:
             events = gw.wait_events(6)
             hits = Counter(e.key for e in events if e.cache == "hit")
             assert hits == Counter({"on": 1, **({"default": 1} if enabled else {})}), enabled
+
+
+def test_a_cache_hit_saves_exactly_what_the_answer_cost() -> None:
+    """The cached record kept the cost rounded up to the nano-USD, so with prices of many
+    digits each hit's saving was ~1e-10 USD more than the answer had cost."""
+    config = mock_config()
+    config["backends"][0]["prices"] = {"input": "0.1234567", "output": "0.7654321",
+                                       "cached_input": "0.0617283"}  # fmt: skip
+    config["cache"] = {"enabled": True, "scope": "global"}
+    with run_gateway(config) as gw:
+        body = {"model": "cached", "messages": [{"role": "user", "content": "save me exactly"}]}
+        for expected in ("miss", "hit"):
+            r = httpx.post(gw.v1 + "/chat/completions", json=body)
+            assert r.headers["x-tollhouse-cache"] == expected
+        miss, hit = gw.wait_events(2)
+    assert miss.cost is not None and miss.cost.as_tuple().exponent < -9  # finer than nano
+    assert hit.saved_cost == miss.cost and hit.saved_usage == miss.usage

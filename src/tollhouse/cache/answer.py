@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ PIECE = 16
 """Characters per replayed content chunk: enough chunks that a client sees a stream."""
 
 DONE = b"data: [DONE]\n\n"
-_FORMAT = 1
+_FORMAT = 2  # 2: the cost is an exact decimal string (1 rounded it up to the nano-USD)
 _USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
 
 
@@ -34,8 +35,8 @@ class CachedAnswer:
 
     body: bytes
     usage: Usage
-    cost_nusd: int | None
-    """What the original call cost in nano-USD; ``None`` when it was not priced."""
+    cost: Decimal | None
+    """What the original call cost in USD, exactly; ``None`` when it was not priced."""
     created: float
     """Wall-clock time (``time.time()``) the answer was produced, e.g. for an ``Age`` header."""
 
@@ -132,7 +133,7 @@ def encode(answer: CachedAnswer) -> bytes:
     head = {
         "v": _FORMAT,
         "usage": {name: getattr(answer.usage, name) for name in _USAGE_FIELDS},
-        "cost_nusd": answer.cost_nusd,
+        "cost": None if answer.cost is None else str(answer.cost),
         "created": answer.created,
     }
     return orjson.dumps(head) + b"\n" + answer.body
@@ -144,14 +145,29 @@ def decode(raw: bytes) -> CachedAnswer:
     head = orjson.loads(header)  # JSONDecodeError is a ValueError
     if not newline or not isinstance(head, dict) or head.get("v") != _FORMAT:
         raise ValueError("not a cached answer of this format")
-    usage, cost, created = head.get("usage"), head.get("cost_nusd"), head.get("created")
+    usage, cost, created = head.get("usage"), head.get("cost"), head.get("created")
     if not isinstance(usage, dict) or usage.keys() != set(_USAGE_FIELDS):
         raise ValueError("cached answer has no usable usage")
-    if not all(_is_int(v) for v in usage.values()) or not (cost is None or _is_int(cost)):
+    if not all(_is_int(v) for v in usage.values()):
         raise ValueError("cached answer's counts are not integers")
     if not isinstance(created, int | float) or isinstance(created, bool):
         raise ValueError("cached answer has no creation time")
-    return CachedAnswer(body, Usage(**usage), cost, float(created))
+    return CachedAnswer(body, Usage(**usage), _decimal(cost), float(created))
+
+
+def _decimal(value: Any) -> Decimal | None:
+    """The stored cost: ``None``, or a finite decimal string (anything else is damage)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("cached answer's cost is not a decimal string")
+    try:
+        cost = Decimal(value)
+    except InvalidOperation:
+        raise ValueError("cached answer's cost is not a decimal string") from None
+    if not cost.is_finite():
+        raise ValueError("cached answer's cost is not finite")
+    return cost
 
 
 def _is_int(value: Any) -> bool:

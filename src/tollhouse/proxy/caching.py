@@ -9,7 +9,6 @@ configured) so one tenant's answers are never served to another.
 from __future__ import annotations
 
 import time
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -18,8 +17,6 @@ from tollhouse.accounting.pricing import cost
 from tollhouse.accounting.usage import Usage
 from tollhouse.cache import CachedAnswer, ResponseCache, cache_key, from_stream, opted_out, to_sse
 from tollhouse.config.schema import CacheConfig
-from tollhouse.limits.base import NANO
-from tollhouse.limits.policy import nano_usd
 from tollhouse.proxy.asgi import Scope, send_bytes
 from tollhouse.proxy.context import RequestContext, perf
 from tollhouse.proxy.exchange import response_headers
@@ -49,8 +46,7 @@ class Lookup:
             ctx.cache = "miss"
             return False
         ctx.cache = "hit"
-        saved_cost = None if hit.cost_nusd is None else Decimal(hit.cost_nusd) / NANO
-        ctx.saved = (hit.usage, saved_cost)
+        ctx.saved = (hit.usage, hit.cost)
         if not stream:
             ctx.status = 200
             await send_bytes(send, 200, hit.body, response_headers(ctx))
@@ -69,7 +65,7 @@ class Lookup:
             return
         dep = ctx.deployment
         price = dep.price if dep is not None else None
-        spent = nano_usd(cost(usage, price)) if price is not None else None
+        spent = cost(usage, price) if price is not None else None
         answer = CachedAnswer(body, usage, spent, time.time())
         await self.cache.put(self.key, answer, self.config.ttl)
 
