@@ -19,7 +19,15 @@ import anthropic
 
 from tollhouse.instrument import readers
 from tollhouse.instrument.call import Call, model_name
-from tollhouse.instrument.clients import Api, answered, async_wrapper, failed, patch, sync_wrapper
+from tollhouse.instrument.clients import (
+    Api,
+    answered,
+    async_wrapper,
+    failed,
+    patch,
+    snapshot,
+    sync_wrapper,
+)
 from tollhouse.instrument.core import Instrumentation, Site
 from tollhouse.instrument.streams import AsyncInstrumentedStream, InstrumentedStream, Watch
 
@@ -51,7 +59,7 @@ def _stream_wrapper(
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         def stream(*args: Any, **kwargs: Any) -> Any:
-            return manager_type(method(*args, **kwargs), inst, where, kwargs)
+            return manager_type(method(*args, **kwargs), inst, where, snapshot(kwargs))
 
         return stream
 

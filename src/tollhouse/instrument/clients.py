@@ -158,7 +158,7 @@ def _never_sent(err: BaseException) -> bool:
     return True
 
 
-def _snapshot(kwargs: dict[str, Any]) -> dict[str, Any]:
+def snapshot(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The request as it was sent, for a stream's prompt estimate made when the stream
     ends: by then the caller may have appended the answer to its ``messages``."""
     for name in ("messages", "input"):
@@ -233,7 +233,7 @@ def sync_wrapper(
                 failed(call, err, api, kwargs)
                 raise
             if isinstance(result, stream_type):
-                watch = Watch(call, api.reader, api.estimate, _snapshot(kwargs))
+                watch = Watch(call, api.reader, api.estimate, snapshot(kwargs))
                 return InstrumentedStream(result, watch)
             answered(call, result, api, kwargs)
             return result
@@ -261,7 +261,7 @@ def async_wrapper(
                 failed(call, err, api, kwargs)
                 raise
             if isinstance(result, stream_type):
-                watch = Watch(call, api.reader, api.estimate, _snapshot(kwargs))
+                watch = Watch(call, api.reader, api.estimate, snapshot(kwargs))
                 return AsyncInstrumentedStream(result, watch)
             answered(call, result, api, kwargs)
             return result
