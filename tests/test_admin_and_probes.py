@@ -31,7 +31,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from tests.conftest import RunningGateway, free_port, run_gateway
+from tests.conftest import RunningGateway, free_port, mid_minute_clock, run_gateway
 from tests.keyhelpers import gateway_config
 from tests.test_admin_analytics import settle
 from tests.test_admin_api import (
@@ -789,6 +789,14 @@ def test_admin_requests_are_counted_by_route_template_not_raw_path() -> None:
         ok(api.get("/keys/one"))
         assert api.get("/keys/two").status_code == 404
         assert api.get("/no/such/route").status_code == 404
+        # A trailing slash was a 307 to anyone, before the admin key was checked, and its
+        # raw path (whatever the caller put in it) became a label value.
+        pasted = "/keys/sk-th-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/"
+        unauthenticated = httpx.get(gw.url + "/admin/v1" + pasted, headers={"host": "evil.example"})
+        assert (
+            unauthenticated.status_code in (401, 404) and "location" not in unauthenticated.headers
+        )
+        assert api.get("/keys/").status_code == 404
         template = "/admin/v1/keys/{alias}"
         assert gw.metric("tollhouse_admin_requests_total", route=template, method="GET",
                          status_class="2xx") == 1  # fmt: skip
@@ -798,7 +806,8 @@ def test_admin_requests_are_counted_by_route_template_not_raw_path() -> None:
                          method="POST", status_class="2xx") == 1  # fmt: skip
         routes = {s.labels["route"] for f in gw.registry.collect() for s in f.samples
                   if s.name == "tollhouse_admin_requests_total"}  # fmt: skip
-        assert not any(a in r for r in routes for a in ("/one", "/two", "/no/such"))
+        assert not any(a in r for r in routes for a in ("/one", "/two", "/no/such", "sk-th-"))
+        assert routes <= {template, "/admin/v1/keys", "unmatched"}
 
 
 # --- audit: no secrets, and a log line per change -----------------------------------------
@@ -813,7 +822,7 @@ def test_audit_redacts_secret_names_and_key_shaped_strings_and_logs_each_row(
     caplog.set_level(logging.INFO, logger="tollhouse.audit")
     pasted = "sk-th-" + "A1b2C3d4E5f6G7h8I9j0K1l2"
     metadata = {"api_key": "plain-value", "password": "hunter2", "note": f"see {pasted}",
-                "owner": "ann"}  # fmt: skip
+                "owner": "ann", pasted: "pasted as a name"}  # fmt: skip
     with admin_gateway(local_config()) as gw, admin_client(gw) as api:
         r = ok(api.post("/teams", json={"alias": "t", "metadata": metadata}), 201)
         rid = api.patch("/teams/t", json={"metadata": {"owner": "bob"}}).headers["x-request-id"]
@@ -821,7 +830,8 @@ def test_audit_redacts_secret_names_and_key_shaped_strings_and_logs_each_row(
     assert r["metadata"]["owner"] == "ann"
     created = rows[1]["changes"]["metadata"]
     assert created == {"api_key": "[redacted]", "password": "[redacted]",
-                       "note": "see [redacted]", "owner": "ann"}  # fmt: skip
+                       "note": "see [redacted]", "owner": "ann",
+                       "[redacted]": "pasted as a name"}  # fmt: skip
     assert rows[0]["request_id"] == rid
     lines = [rec.getMessage() for rec in caplog.records if rec.name == "tollhouse.audit"]
     assert len(lines) == 2 and all(line.startswith("admin_audit ") for line in lines)
@@ -909,9 +919,36 @@ def test_usage_series_metrics_alignment_and_bounds() -> None:
         expect_400(api.get("/usage/series", params={"top": 101}), "top")
         bad_step = api.get("/usage/series", params={"step": "1s"})
         assert bad_step.status_code == 400 and bad_step.json()["error"]["code"] == "invalid_request"
+        # An offset that carries year 9999 (or year 1) past what a datetime holds was a 500.
+        for edge in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00"):
+            for path in ("/usage", "/usage/series", "/audit"):
+                r = api.get(path, params={"end": edge})
+                assert r.status_code == 400, (path, edge, r.text)
+            r = api.post("/keys", json={"alias": "edge", "expires_at": edge})
+            assert r.status_code == 400, (edge, r.text)
 
 
 # --- end users ------------------------------------------------------------------------------
+
+
+def test_an_end_users_new_limits_apply_to_its_next_request() -> None:
+    """``PUT``/``DELETE /end-users/{id}`` cleared the cached key lookups but not the cached
+    end-user overrides, so the change waited for ``auth.cache_ttl`` (30 s)."""
+    config = local_config()
+    config["auth"]["cache_ttl"] = 300
+    with admin_gateway(config, clock=mid_minute_clock()) as gw, admin_client(gw) as api:
+        secret = ok(api.post("/keys", json={"alias": "svc"}), 201)["secret"]
+
+        def ask() -> int:
+            body = {"model": "chat", "messages": MSG, "max_tokens": 3, "user": "cust-9"}
+            return httpx.post(gw.v1 + "/chat/completions", json=body, timeout=10,
+                              headers={"authorization": f"Bearer {secret}"}).status_code  # fmt: skip
+
+        assert [ask(), ask()] == [200, 200]  # looked up (no overrides) and cached
+        ok(api.put("/end-users/cust-9", json={"limits": {"rpm": 1}}))
+        assert [ask(), ask()] == [200, 429]
+        ok(api.delete("/end-users/cust-9"))
+        assert ask() == 200
 
 
 def test_end_user_put_replaces_its_limits_and_the_list_pages() -> None:

@@ -10,6 +10,7 @@ boundary, the client got uvicorn's plain-text 500 and the ledger a ``success`` r
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
@@ -38,6 +39,7 @@ from tests.keyhelpers import gateway_config, manage
 from tests.tcp_cut import Forwarder
 from tollhouse.accounting.event import Outcome
 from tollhouse.config import parse_config
+from tollhouse.identity.lookup import LookupCache
 from tollhouse.identity.manage import LimitsInput
 from tollhouse.identity.principal import BudgetRule
 from tollhouse.limits import admission as admission_module
@@ -465,3 +467,27 @@ def test_an_admission_whose_reply_is_lost_is_refused_and_given_back() -> None:
                     {"spent": spent, "reserved": 0}])  # fmt: skip
     finally:
         delete_redis_prefix(prefix)
+
+
+async def test_a_lookup_that_straddles_a_change_is_not_cached() -> None:
+    """A key blocked while a lookup of it was under way: that lookup had read the store
+    before the block, and its answer went back into the cache the block had just
+    cleared, so the key kept working for ``auth.cache_ttl`` (seen in 3 of 40 trials)."""
+    cache: LookupCache[str] = LookupCache("keys", ttl=30, stale_if_error=0, max_entries=10)
+    release = asyncio.Event()
+    loads: list[str] = []
+
+    async def load(key: str) -> str:
+        loads.append(key)
+        if len(loads) == 1:
+            await release.wait()  # the store read happened; the answer is on its way
+            return "active"
+        return "blocked"
+
+    first = asyncio.create_task(cache.get("k", load))
+    await asyncio.sleep(0)
+    cache.clear()  # the admin API blocks the key now
+    release.set()
+    assert await first == "active"  # the request in flight is served as it was read
+    assert await cache.get("k", load) == "blocked"  # the next one sees the block
+    assert await cache.get("k", load) == "blocked" and loads == ["k", "k"]  # cached now

@@ -132,6 +132,7 @@ class App:
                 stack, config=config, store=store, metrics=self.metrics, auth=auth,
                 admin_key=admin_key, settings=self._admin_settings, limits=backend,
                 ledger=ledger, admission=admission, router=router, wall=self._clock,
+                forget=gw.end_users.forget,
             )  # fmt: skip
             self.gateway = gw
             # Everything built so far lives as long as the process: move it out of the

@@ -51,11 +51,17 @@ class StoreUnavailable(GatewayError):
     code = "store_unavailable"
 
 
+_SCHEMA = f"{PREFIX}/openapi.json"
+
+
 def build_admin_app(rt: AdminRuntime) -> Any:
     """The admin app, wrapped in the middleware that counts and tags every request."""
     app = FastAPI(
-        title="tollhouse admin API", version=__version__, openapi_url=f"{PREFIX}/openapi.json",
+        title="tollhouse admin API", version=__version__, openapi_url=_SCHEMA,
         docs_url=None, redoc_url=None,
+        # No redirect for a trailing slash: it answered anyone (before the admin key was
+        # checked) with a Location built from the request's Host header.
+        redirect_slashes=False,
         description="Keys, teams, users, budgets, usage analytics, audit log and health.",
     )  # fmt: skip
     app.state.runtime = rt
@@ -166,8 +172,8 @@ class _Counted:
             raise
         finally:
             template = getattr(scope.get("route"), "path", None)
-            if template is None:  # unrouted: the schema (200) or a 404, never a raw path
-                template = scope["path"] if status < 400 else "unmatched"
+            if template is None:  # unrouted: the schema, or a 404; never a raw path
+                template = _SCHEMA if scope["path"] == _SCHEMA else "unmatched"
             elif not template.startswith(PREFIX):
                 template = PREFIX + template
             method = scope.get("method", "")

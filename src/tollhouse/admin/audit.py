@@ -38,9 +38,9 @@ CLI = Actor("cli", "local")
 
 def redact(value: Any) -> Any:
     """A copy of ``value`` safe to store and log."""
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping):  # a key can carry a secret too (a pasted API key)
         return {
-            str(k): REDACTED if _SECRET_NAMES.search(str(k)) else redact(v)
+            _KEY_LIKE.sub(REDACTED, str(k)): REDACTED if _SECRET_NAMES.search(str(k)) else redact(v)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):

@@ -54,13 +54,22 @@ async def open_admin(
     admission: Any,
     router: Any,
     wall: Callable[[], float] = time.time,
+    forget: Callable[[], None] | None = None,
 ) -> Any:
-    """Start the admin runtime (stopped by ``stack``) and return the admin ASGI app."""
+    """Start the admin runtime (stopped by ``stack``) and return the admin ASGI app.
+    After every change the authenticator's cached key lookups are dropped, and
+    ``forget`` is called too (the end users' cached overrides)."""
+
+    def on_change() -> None:
+        auth.forget()
+        if forget is not None:
+            forget()
+
     rt = AdminRuntime(
         config=config, store=store, metrics=metrics, guard=auth.guard, admin_key=admin_key,
         settings=settings, limits=limits, ledger=ledger,
         config_budgets=tuple(getattr(admission, "config_budgets", ())), router=router,
-        on_change=auth.forget, wall=wall,
+        on_change=on_change, wall=wall,
     )  # fmt: skip
     await rt.start()
     stack.push_async_callback(rt.stop)

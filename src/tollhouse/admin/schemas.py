@@ -30,9 +30,13 @@ def _clean(value: str) -> str:
 
 
 def _sane_time(value: datetime) -> datetime:
-    if not 2000 <= value.astimezone(UTC).year <= 9000:
+    try:
+        utc = value.astimezone(UTC)  # an offset can push year 1 or 9999 out of range
+    except OverflowError:
+        raise ValueError("must be between the years 2000 and 9000") from None
+    if not 2000 <= utc.year <= 9000:
         raise ValueError("must be between the years 2000 and 9000")
-    return value.astimezone(UTC)
+    return utc
 
 
 Text = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_clean)]

@@ -38,9 +38,13 @@ def parse_time(text: str | None, default: datetime) -> datetime:
     value = _unix(text) or _rfc3339(text)
     if value is None:
         raise ValueError(f"not unix seconds or an RFC 3339 time with an offset: {text[:64]!r}")
-    if not 1970 <= value.astimezone(UTC).year <= 9000:
+    try:
+        utc = value.astimezone(UTC)  # an offset can push year 1 or 9999 out of range
+    except OverflowError:
+        raise ValueError(f"time out of range: {text[:64]!r}") from None
+    if not 1970 <= utc.year <= 9000:
         raise ValueError(f"time out of range: {text[:64]!r}")
-    return value.astimezone(UTC)
+    return utc
 
 
 def _unix(text: str) -> datetime | None:

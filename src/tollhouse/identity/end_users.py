@@ -34,6 +34,10 @@ class EndUserDirectory:
             clock=clock,
         )  # fmt: skip
 
+    def forget(self) -> None:
+        """Drop cached overrides (an end user's limits were set or removed)."""
+        self._cache.clear()
+
     async def limits(self, end_user: str) -> Limits | None:
         try:
             return await self._cache.get(end_user, self._load)

@@ -51,9 +51,14 @@ class LookupCache(Generic[V]):
         self._entries: dict[str, tuple[float, V]] = {}  # key -> (looked up at, answer)
         self._down = False  # log an outage once, not once per request
         self._retry_at = 0.0  # while the store is down: when to try it again
+        self._generation = 0  # bumped by ``clear``: answers loaded before it are not kept
 
     def clear(self) -> None:
+        """Forget every answer (a key, team or user changed). A lookup already under way
+        may have read the store before the change; its answer serves its own request
+        but is not cached, or the change would be undone for ``ttl`` seconds."""
         self._entries.clear()
+        self._generation += 1
 
     async def get(self, key: str, load: Callable[[str], Awaitable[V]]) -> V:
         now = self._clock()
@@ -62,6 +67,7 @@ class LookupCache(Generic[V]):
             return cached[1]
         if self._down and now < self._retry_at:
             return self._unreadable(None, cached, now)
+        generation = self._generation
         try:
             value = await load(key)
         except Exception as err:  # unreachable, timed out, refused: the store's problem
@@ -69,6 +75,8 @@ class LookupCache(Generic[V]):
         if self._down:
             self._down = False
             log.warning("store_lookup_recovered lookup=%s", self._what)
+        if generation != self._generation:
+            return value  # read before a change: do not keep it
         if len(self._entries) >= self._max:
             self._entries.clear()  # bounded memory against floods of made-up keys
         self._entries[key] = (now, value)
