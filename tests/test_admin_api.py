@@ -245,7 +245,14 @@ def test_errors_are_openai_style() -> None:
             (api.put("/keys"), 405, "method_not_allowed"),
         ]  # fmt: skip
         ok(api.post("/teams", json={"alias": "dup"}), 201)
-        cases.append((api.post("/teams", json={"alias": "dup"}), 409, "conflict"))
+        ok(api.post("/keys", json={"alias": "k-a"}), 201)
+        ok(api.post("/keys", json={"alias": "k-b"}), 201)
+        taken = [api.post("/teams", json={"alias": "dup"}),
+                 api.patch("/keys/k-b", json={"alias": "k-a"})]  # fmt: skip
+        # named in the API's words, not SQLite's or PostgreSQL's constraint text
+        assert [r.json()["error"]["message"] for r in taken] == [
+            "a team with alias 'dup' already exists", "a key with alias 'k-a' already exists"]  # fmt: skip
+        cases += [(r, 409, "conflict") for r in taken]
         soft = {"limits": {"soft_budget_usd": "2", "max_budget_usd": "1"}}
         cases.append((api.patch("/teams/dup", json=soft), 400, "invalid_request"))
         for r, status, code in cases:

@@ -107,6 +107,7 @@ class Repo(Generic[R]):
     """Reads and writes of one table whose primary key is a string ``id``."""
 
     table: sa.Table
+    kind: str  # what a row is, in messages ("team", "key")
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -136,16 +137,27 @@ class Repo(Generic[R]):
 
     async def _insert(self, values: dict[str, Any]) -> R:
         query = self.table.insert().values(values).returning(self.table)
-        with translate_integrity_errors():
+        with self._alias_taken(values), translate_integrity_errors():
             async with self._engine.begin() as conn:
                 row = (await conn.execute(query)).one()
         return self._record(row)
+
+    @contextmanager
+    def _alias_taken(self, values: Mapping[str, Any]) -> Iterator[None]:
+        """Say which alias is taken, for a create or a rename, not the database's own
+        constraint text (which differs between SQLite and PostgreSQL)."""
+        try:
+            yield
+        except Conflict:
+            if "alias" not in values:
+                raise
+            raise Conflict(f"a {self.kind} with alias {values['alias']!r} already exists") from None
 
     async def _update(self, id: str, values: dict[str, Any]) -> R | None:
         if not values:
             return await self.get(id)
         query = self.table.update().where(self.table.c.id == id).values(values)
-        with translate_integrity_errors():
+        with self._alias_taken(values), translate_integrity_errors():
             async with self._engine.begin() as conn:
                 row = (await conn.execute(query.returning(self.table))).first()
         return None if row is None else self._record(row)

@@ -37,6 +37,7 @@ KEY_PREFIX_MAX = 12  # more of the secret than this must never reach the databas
 
 class Teams(Repo[Team]):
     table = teams
+    kind = "team"
 
     def _record(self, row: sa.Row[Any]) -> Team:
         m = row._mapping
@@ -86,6 +87,7 @@ class Teams(Repo[Team]):
 
 class Users(Repo[User]):
     table = users
+    kind = "user"
 
     def _record(self, row: sa.Row[Any]) -> User:
         m = row._mapping
@@ -144,6 +146,7 @@ class Keys(Repo[ApiKey]):
     """Virtual keys, found by the sha256 of the secret the client presents."""
 
     table = api_keys
+    kind = "key"
 
     def _record(self, row: sa.Row[Any]) -> ApiKey:
         m = row._mapping
