@@ -10,6 +10,7 @@ a ``LookupError``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -69,6 +70,10 @@ class AdminService:
         self.manager = Manager(store)
         self.auditor = Auditor(AuditRepo(store.engine))
         self._on_change = on_change
+        # Updates read a row, merge the change (limits are validated as a whole) and write
+        # it back: two at once would each write the row as they read it, losing one.
+        # This process's updates queue here; see docs/admin-api.md for replicas.
+        self._updates = asyncio.Lock()
 
     async def _audit(
         self, actor: Actor, action: str, kind: str, alias: str, changes: Mapping[str, Any] | None
@@ -103,6 +108,10 @@ class AdminService:
         return team
 
     async def update_team(self, actor: Actor, alias: str, changes: Mapping[str, Any]) -> Team:
+        async with self._updates:
+            return await self._update_team(actor, alias, changes)
+
+    async def _update_team(self, actor: Actor, alias: str, changes: Mapping[str, Any]) -> Team:
         """``changes`` holds only what changes: alias, limits (partial), models, metadata."""
         team = await self.team(alias)
         fields = _fields(changes, ("alias", "models", "metadata"))
@@ -125,6 +134,10 @@ class AdminService:
         return user
 
     async def update_user(self, actor: Actor, alias: str, changes: Mapping[str, Any]) -> User:
+        async with self._updates:
+            return await self._update_user(actor, alias, changes)
+
+    async def _update_user(self, actor: Actor, alias: str, changes: Mapping[str, Any]) -> User:
         user = await self.user(alias)
         fields = _fields(changes, ("alias", "email", "metadata"))
         if "team" in changes:
@@ -163,6 +176,10 @@ class AdminService:
         return NewKey(key, new.secret)
 
     async def update_key(self, actor: Actor, alias: str, changes: Mapping[str, Any]) -> ApiKey:
+        async with self._updates:
+            return await self._update_key(actor, alias, changes)
+
+    async def _update_key(self, actor: Actor, alias: str, changes: Mapping[str, Any]) -> ApiKey:
         key = await self.key(alias)
         fields = _fields(changes, ("alias", "models", "metadata", "expires_at"))
         if "model_limits" in changes:
