@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from tests.conftest import run_gateway
 from tests.keyhelpers import gateway_config
@@ -86,3 +87,26 @@ def test_errors_are_plain_and_exit_nonzero(tmp_path: Path) -> None:
     assert tollhouse("keys", "create", *s, "--alias", "dup")[0] == 0
     code, _, err = tollhouse("keys", "create", *s, "--alias", "dup")
     assert code == 1 and "dup" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (("--max-budget", "NaN"), "more than 0 and at most"),
+        (("--max-budget", "Infinity"), "more than 0 and at most"),
+        (("--max-budget", "1e30"), "more than 0 and at most"),
+        (("--max-budget", "0.0000000001"), "9 decimal places"),
+        (("--rpm", "99999999999999999999"), "from 1 to 2147483647"),
+        (("--tpm", "99999999999999999999"), "from 1 to 9007199254740992"),
+        (("--expires-in", "99999999d"), "year 9000"),
+    ],
+)
+def test_values_the_api_refuses_are_refused_by_the_cli_with_a_message(
+    tmp_path: Path, flags: tuple[str, str], says: str
+) -> None:
+    """They were tracebacks (InvalidOperation, OverflowError, a database range error) or,
+    for a sub-nano budget, stored as something else."""
+    store = ("--store", f"sqlite+aiosqlite:///{tmp_path}/cli.db")
+    assert tollhouse("migrate", *store)[0] == 0
+    code, _, err = tollhouse("keys", "create", *store, "--alias", "k", *flags)
+    assert code != 0 and says in err and "Traceback" not in err

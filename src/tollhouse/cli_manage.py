@@ -22,7 +22,10 @@ from tollhouse.config import ConfigError, load_config
 from tollhouse.identity.manage import LimitsInput
 from tollhouse.store.engine import Store
 from tollhouse.store.migrate import migrate
-from tollhouse.store.models import ApiKey, ModelLimit, StoreError
+from tollhouse.store.models import MAX_RPM, MAX_TPM, MAX_USD, ApiKey, ModelLimit, StoreError
+
+# The admin API's bounds, so the CLI accepts what the API accepts and refuses the rest
+# with a message, not a traceback from the database.
 
 
 def _usd(text: str) -> Decimal:
@@ -30,15 +33,28 @@ def _usd(text: str) -> Decimal:
         value = Decimal(text)
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"not an amount in USD: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
+    if not value.is_finite() or not 0 < value <= MAX_USD:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_USD} USD")
+    if value != value.quantize(Decimal("1e-9"), rounding="ROUND_DOWN"):
+        raise argparse.ArgumentTypeError("at most 9 decimal places (nano-USD)")
     return value
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+def _whole(text: str, most: int) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number from 1 to {most}, not {text[:32]!r}"
+        )
     return int(text)
+
+
+def _positive(text: str) -> int:
+    """An rpm (the smaller bound: a 32-bit column on PostgreSQL)."""
+    return _whole(text, MAX_RPM)
+
+
+def _tokens(text: str) -> int:
+    return _whole(text, MAX_TPM)
 
 
 def _model_limit(text: str) -> tuple[str, ModelLimit]:
@@ -47,7 +63,7 @@ def _model_limit(text: str) -> tuple[str, ModelLimit]:
     rpm, _, tpm = spec.partition(":")
     if not sep or not model or not (rpm or tpm):
         raise argparse.ArgumentTypeError(f"expected MODEL=RPM[:TPM], got {text!r}")
-    return model, ModelLimit(_positive(rpm) if rpm else None, _positive(tpm) if tpm else None)
+    return model, ModelLimit(_positive(rpm) if rpm else None, _tokens(tpm) if tpm else None)
 
 
 def _limit_args(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +71,7 @@ def _limit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--soft-budget", type=_usd, help="alert threshold in USD (<= max)")
     parser.add_argument("--budget-period", help="hourly, daily, weekly, monthly or e.g. 30d")
     parser.add_argument("--rpm", type=_positive, help="requests per minute")
-    parser.add_argument("--tpm", type=_positive, help="tokens per minute")
+    parser.add_argument("--tpm", type=_tokens, help="tokens per minute")
 
 
 def _limits(args: argparse.Namespace) -> LimitsInput:

@@ -16,7 +16,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tollhouse.identity.keys import PREFIX
 from tollhouse.limits.base import NANO
-from tollhouse.store.models import ApiKey, EndUser, Limits, Team, User
+from tollhouse.store.models import (
+    MAX_RPM,
+    MAX_TPM,
+    MAX_USD,
+    ApiKey,
+    EndUser,
+    Limits,
+    Team,
+    User,
+)
 
 
 def _clean(value: str) -> str:
@@ -51,9 +60,9 @@ def _not_a_secret(value: str) -> str:
 
 Alias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$"), AfterValidator(_not_a_secret)]
 Models = Annotated[list[Text], Field(max_length=1000)]
-Usd = Annotated[Decimal, Field(gt=0, le=Decimal(10**9), decimal_places=9, allow_inf_nan=False)]
-Rpm = Annotated[int, Field(ge=1, le=2**31 - 1)]
-Tpm = Annotated[int, Field(ge=1, le=2**53)]
+Usd = Annotated[Decimal, Field(gt=0, le=MAX_USD, decimal_places=9, allow_inf_nan=False)]
+Rpm = Annotated[int, Field(ge=1, le=MAX_RPM)]
+Tpm = Annotated[int, Field(ge=1, le=MAX_TPM)]
 Period = Annotated[str, Field(pattern=r"^(hourly|daily|weekly|monthly|[1-9][0-9]{0,3}[mhdw])$")]
 Timestamp = Annotated[datetime, AfterValidator(_sane_time)]
 Scalar = Text | Annotated[int, Field(ge=-(2**53), le=2**53)] | bool | None

@@ -66,7 +66,13 @@ def expiry(duration: str | None, now: datetime | None = None) -> datetime | None
     number, unit = duration[:-1], duration[-1:]
     if unit not in units or not number.isdigit() or int(number) < 1:
         raise ValueError(f"invalid duration {duration!r}: use a number followed by m, h, d or w")
-    return (now or datetime.now(UTC)) + timedelta(seconds=int(number) * units[unit])
+    try:
+        at = (now or datetime.now(UTC)) + timedelta(seconds=int(number) * units[unit])
+    except OverflowError:
+        at = datetime.max.replace(tzinfo=UTC)
+    if at.year > 9000:  # the admin API's bound for expires_at
+        raise ValueError(f"invalid duration {duration!r}: expires after the year 9000")
+    return at
 
 
 @contextmanager

@@ -10,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
+
+# The largest limits a key, team, user or end user may have (the admin API and the CLI
+# check them; an rpm is a 32-bit column on PostgreSQL, tokens stay exact as doubles in
+# Redis's scripts, money is nano-USD).
+MAX_USD = Decimal(10**9)
+MAX_RPM = 2**31 - 1
+MAX_TPM = 2**53
 
 
 class StoreError(Exception):
