@@ -181,12 +181,13 @@ PROVIDERS = Dashboard(
 
 TOP = tuple(
     Panel(f"Top {who}s by {what}", (q(
-        f"topk(10, sum by ({who}) (increase({metric}{{{MBK}}}[$__range])))", f"{{{{{who}}}}}"),),
-        unit, "bargauge", 8)
-    for what, metric, unit in (
-        ("requests", "llm_requests_total", "short"),
-        ("tokens", "llm_tokens_total", "short"),
-        ("cost", "llm_cost_usd_total", "currencyUSD"),
+        f"topk(10, sum by ({who}) (increase({metric}{{{only}{MBK}}}[$__range])))",
+        f"{{{{{who}}}}}"),), unit, "bargauge", 8)
+    for what, metric, only, unit in (
+        ("requests", "llm_requests_total", "", "short"),
+        # cached and cache-write input are part of input, reasoning of output
+        ("tokens", "llm_tokens_total", 'type=~"input|output",', "short"),
+        ("cost", "llm_cost_usd_total", "", "currencyUSD"),
     )
     for who in ("key", "team")
 )  # fmt: skip

@@ -267,7 +267,7 @@ def test_the_example_prometheus_config_is_valid() -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 14 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 15 rules found" in result.stdout + result.stderr
 
 
 def test_the_alertmanager_route_names_only_our_alerts() -> None:
