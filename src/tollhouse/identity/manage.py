@@ -6,8 +6,7 @@ key's secret is returned exactly once and only its hash is stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,7 +15,7 @@ from tollhouse.identity import keys as keygen
 from tollhouse.limits.periods import parse_period
 from tollhouse.limits.policy import nano_usd
 from tollhouse.store.engine import Store
-from tollhouse.store.models import ApiKey, Conflict, EndUser, Limits, ModelLimit, Team, User
+from tollhouse.store.models import ApiKey, EndUser, Limits, ModelLimit, Team, User
 from tollhouse.store.repos import EndUsers, Keys, Teams, Users
 
 
@@ -75,15 +74,6 @@ def expiry(duration: str | None, now: datetime | None = None) -> datetime | None
     return at
 
 
-@contextmanager
-def _unique(kind: str, alias: str) -> Iterator[None]:
-    """Say which alias is taken instead of the database's constraint text."""
-    try:
-        yield
-    except Conflict:
-        raise Conflict(f"a {kind} with alias {alias!r} already exists") from None
-
-
 class Manager:
     def __init__(self, store: Store) -> None:
         self.keys = Keys(store.engine)
@@ -115,9 +105,8 @@ class Manager:
     async def create_user(self, alias: str, limits: LimitsInput, team: str | None = None,
                           email: str | None = None) -> User:  # fmt: skip
         team_id = await self._team_id(team)
-        with _unique("user", alias):
-            return await self.users.create(alias=alias, email=email, team_id=team_id,
-                                           limits=limits.to_limits())  # fmt: skip
+        return await self.users.create(alias=alias, email=email, team_id=team_id,
+                                       limits=limits.to_limits())  # fmt: skip
 
     async def create_key(
         self,
@@ -133,14 +122,13 @@ class Manager:
     ) -> NewKey:
         secret, key_hash, prefix = keygen.generate()
         team_id, user_id = await self._team_id(team), await self._user_id(user)
-        with _unique("key", alias):
-            key = await self.keys.create(
-                key_hash=key_hash, key_prefix=prefix, alias=alias,
-                team_id=team_id, user_id=user_id,
-                models=models, model_limits=model_limits, limits=limits.to_limits(),
-                expires_at=expiry(expires_in),
-                metadata={} if cache is None else {"cache": cache},
-            )  # fmt: skip
+        key = await self.keys.create(
+            key_hash=key_hash, key_prefix=prefix, alias=alias,
+            team_id=team_id, user_id=user_id,
+            models=models, model_limits=model_limits, limits=limits.to_limits(),
+            expires_at=expiry(expires_in),
+            metadata={} if cache is None else {"cache": cache},
+        )  # fmt: skip
         return NewKey(key, secret)
 
     async def set_end_user(self, end_user: str, limits: LimitsInput) -> EndUser:
